@@ -1,0 +1,146 @@
+"""Encoder config and the frozen-encoder wrapper every family shares.
+
+Like timm's ``pretrained_cfg``, an ``EncoderConfig`` carries everything preprocessing
+needs beside where the weights come from, so preprocessing never drifts from the
+weights; its ``hash`` is stored in every index manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+_INTERP = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything needed to turn pixels into the vector this encoder was trained for.
+
+    ``resize``: ``squash`` (to input_size x input_size, aspect ignored), ``shorter-crop``
+    (shorter side to input_size, centre crop) or ``pad`` (longer side to input_size, pad
+    with black). ``mean``/``std`` apply after scaling pixels to [0, 1]. ``pooling`` names
+    how the feature map / tokens become one vector (see each family's loader).
+    """
+
+    name: str
+    family: str
+    model_id: str
+    dim: int
+    input_size: int = 224
+    resize: str = "squash"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    pooling: str = "avg"
+    description: str = ""
+    weights_hint: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+    @property
+    def hash(self) -> str:
+        """Short digest of what determines the vectors (not descriptions or hints)."""
+        d = self.to_dict()
+        for k in ("description", "weights_hint"):
+            d.pop(k)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def replace(self, **changes) -> EncoderConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def preprocess(rgb: np.ndarray, cfg: EncoderConfig) -> np.ndarray:
+    """``HxWx3 uint8`` -> ``3xSxS float32`` normalised as ``cfg`` says.
+
+    A plain function of the config (not a method) so it pickles into worker processes.
+    """
+    size = cfg.input_size
+    img = Image.fromarray(rgb)
+    interp = _INTERP[cfg.interpolation]
+    if cfg.resize == "squash":
+        img = img.resize((size, size), interp)
+    elif cfg.resize == "shorter-crop":
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), interp)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    elif cfg.resize == "pad":
+        w, h = img.size
+        scale = size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (size, size))
+        canvas.paste(img.resize((nw, nh), interp), ((size - nw) // 2, (size - nh) // 2))
+        img = canvas
+    else:
+        raise ValueError(f"unknown resize policy {cfg.resize!r} in encoder {cfg.name}")
+    x = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class Encoder:
+    """A frozen feature extractor: ``config`` + a torch module mapping a batch to vectors.
+
+    ``module(x)`` takes a ``Bx3xSxS`` float tensor and returns ``BxD`` pooled features;
+    ``encode`` adds device placement, autocast on CUDA and L2 normalisation.
+    """
+
+    def __init__(self, config: EncoderConfig, module, device: str = "cpu"):
+        import torch
+
+        self.config = config
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        return preprocess(rgb, self.config)
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """``Bx3xSxS float32`` -> ``BxD`` L2-normalised float32."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = self.module(x)
+            else:
+                out = self.module(x)
+            out = torch.nn.functional.normalize(out.float(), dim=-1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """RGB uint8 arrays -> L2-normalised vectors (for queries; small batches)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode(np.stack([self.preprocess(im) for im in images]))

@@ -1,0 +1,1 @@
+"""SAM-family encoders (LiteMedSAM offline, MedSAM ViT-B by path). Filled in next."""
