@@ -125,6 +125,16 @@ class Encoder:
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return preprocess(rgb, self.config)
 
+    def preprocess_fn(self):
+        """A picklable callable doing ``preprocess`` (sent to decode workers)."""
+        import functools
+
+        return functools.partial(preprocess, cfg=self.config)
+
+    def collate(self, arrays: list) -> np.ndarray:
+        """Preprocessed items -> one batch for ``encode`` (fusion encoders override)."""
+        return np.stack(arrays)
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """``Bx3xSxS float32`` -> ``BxD`` L2-normalised float32."""
         import torch
@@ -143,4 +153,4 @@ class Encoder:
         """RGB uint8 arrays -> L2-normalised vectors (for queries; small batches)."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.encode(np.stack([self.preprocess(im) for im in images]))
+        return self.encode(self.collate([self.preprocess(im) for im in images]))

@@ -6,6 +6,13 @@ pixels so that decoding can run in worker processes.
 """
 
 from radsearch.io.items import ItemRef, load_pixels, read_image
-from radsearch.io.sources import iter_source
 
 __all__ = ["ItemRef", "iter_source", "load_pixels", "read_image"]
+
+
+def __getattr__(name):
+    if name == "iter_source":
+        from radsearch.io.sources import iter_source
+
+        return iter_source
+    raise AttributeError(name)

@@ -1,0 +1,229 @@
+"""``radsearch`` command line: one verb per stage (clip-retrieval style).
+
+index -> search -> info / models / remove here; evaluate, compare, tune and serve
+register themselves from their own modules (``_STAGE_MODULES``). User errors
+(``RadsearchError``) print one line ``radsearch: error: ...`` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import import_module
+
+from radsearch.errors import RadsearchError
+
+# Modules that add their own sub-commands: each has ``register(subparsers)``.
+_STAGE_MODULES: list[str] = []
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("source")
+    g.add_argument("--root", help="folder that CSV file paths are relative to (default: the CSV's)")
+    g.add_argument("--split", help="keep CSV rows whose 'split' column equals this (e.g. train)")
+    g.add_argument("--filter", dest="source_where", action="append", default=[], metavar="COL=VALUE",
+                   help="keep source rows whose metadata matches (repeatable; VALUE may be A,B)")
+    g.add_argument("--label-from-folder", action="store_true",
+                   help="folder source: the parent folder name becomes the 'label' column")
+    g.add_argument("--nifti-step", type=int, default=1, help="NIfTI: keep every n-th axial slice")
+    g.add_argument("--nifti-range", metavar="START:STOP", help="NIfTI: slice range to keep")
+    g.add_argument("--nifti-window", metavar="W",
+                   help="NIfTI intensity window: brain, lung, bone, abdomen or LOW,HIGH")
+
+
+def refs_from_args(args) -> list:
+    """The source's ItemRefs as the shared source options say."""
+    from radsearch.io.sources import iter_source, parse_where
+
+    nifti_range = None
+    if args.nifti_range:
+        a, _, b = args.nifti_range.partition(":")
+        nifti_range = (int(a or 0), int(b) if b else None)
+    window = None
+    if args.nifti_window:
+        from radsearch.io.nifti import parse_window
+
+        window = parse_window(args.nifti_window)
+    return list(
+        iter_source(
+            args.source,
+            root=args.root,
+            split=args.split,
+            where=parse_where(args.source_where) or None,
+            label_from_folder=args.label_from_folder,
+            nifti_step=args.nifti_step,
+            nifti_range=nifti_range,
+            nifti_window=window,
+        )
+    )
+
+
+def cmd_index(args) -> int:
+    from radsearch.pipeline import build_index
+
+    refs = refs_from_args(args)
+    if not refs:
+        raise RadsearchError(f"{args.source}: no images found")
+    report = build_index(
+        refs,
+        args.out,
+        model=args.model,
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    idx = report.index
+    print(
+        f"indexed {report.added} new item(s) into {idx.path} "
+        f"({idx.count} total, encoder {idx.encoder_name}, dim {idx.dim}); "
+        f"{report.skipped_existing} already present; {len(report.failures)} failed"
+    )
+    for rec in report.failures[:20]:
+        print(f"  failed: {rec['source']}: {rec['reason']}", file=sys.stderr)
+    if len(report.failures) > 20:
+        print(f"  ... {len(report.failures) - 20} more in {idx.path}/failures.jsonl", file=sys.stderr)
+    if report.failures and report.added == 0 and idx.count == 0:
+        raise RadsearchError(f"{args.source}: none of {len(refs)} item(s) could be read")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from radsearch.index import Index
+    from radsearch.io.sources import parse_where
+
+    index = Index.open(args.index)
+    index.check_model(args.model)
+    results = index.search(
+        args.queries,
+        k=args.k,
+        where=parse_where(args.where) or None,
+        one_per_patient=args.one_per_patient,
+        suggest=args.suggest,
+    )
+    if args.json:
+        print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
+        return 0
+    for r in results:
+        print(f"query: {r.query}")
+        for h in r.hits:
+            meta = " ".join(f"{k}={v}" for k, v in h.metadata.items() if v not in ("", None))
+            print(f"  {h.rank:>3}  {h.score:.4f}  {h.id}  {meta}")
+        if r.suggestion:
+            s = r.suggestion
+            print(f"  suggestion: {s['column']}={s['value']} ({s['votes']} votes, {s['share']:.0%})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from radsearch.index import Index
+
+    d = Index.open(args.index).describe()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    for k, v in d.items():
+        print(f"{k:>17}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from radsearch.encoders import list_encoders
+
+    rows = list_encoders()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<20} {'dim':>5} {'size':>5} {'pooling':<12} {'weights':<8} source")
+    for r in rows:
+        here = "here" if r["weights_here"] else "missing"
+        print(f"{r['name']:<20} {r['dim']:>5} {r['input_size']:>5} {r['pooling']:<12} {here:<8} {r['source']}")
+    print("\nalso: hf:<repo id>, open_clip:<arch>/<tag>, timm:<name>, or a local checkpoint dir")
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from radsearch.index import Index
+
+    index = Index.open(args.index)
+    ids = list(args.ids)
+    if args.ids_file:
+        with open(args.ids_file) as fh:
+            ids += [line.strip() for line in fh if line.strip()]
+    n = index.remove(ids)
+    if n:
+        index.save()
+    print(f"removed {n} of {len(ids)} id(s); {index.count} remain")
+    return 0 if n == len(set(ids)) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from radsearch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="radsearch", description="Content-based image retrieval for radiology."
+    )
+    parser.add_argument("--version", action="version", version=f"radsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="build or extend an index from a folder, CSV, file or PACS")
+    p.add_argument("source", help="folder, CSV manifest, image/DICOM/NIfTI file, or dicomweb:URL")
+    p.add_argument("--out", required=True, help="index directory (created or extended)")
+    p.add_argument("--model", help="encoder name (default efficientnet-lite0; see 'radsearch models')")
+    p.add_argument("--weights", help="weights file or directory for the encoder")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_source_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find the indexed images most similar to query images")
+    p.add_argument("index", help="index directory")
+    p.add_argument("queries", nargs="+", help="query image files (PNG, JPEG, DICOM, NIfTI)")
+    p.add_argument("-k", type=int, default=10, help="hits per query")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
+                   help="only hits whose metadata matches (repeatable; VALUE may be A,B)")
+    p.add_argument("--one-per-patient", action="store_true", help="at most one hit per patient_id")
+    p.add_argument("--suggest", default="label", help="metadata column for the majority vote")
+    p.add_argument("--model", help="refuse unless the index was built with this encoder")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="describe an index")
+    p.add_argument("index")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list encoders, their dims and whether weights are here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("remove", help="remove items from an index by id")
+    p.add_argument("index")
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--ids-file", help="file with one id per line")
+    p.set_defaults(func=cmd_remove)
+
+    for mod in _STAGE_MODULES:
+        import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RadsearchError as exc:
+        print(f"radsearch: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("radsearch: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The index directory: the contract between stages.
+
+``DIR/manifest.json`` (encoder name + config + hash, dim, metric, count, store, recipe,
+versions), ``DIR/items.parquet`` (row i = vector i: ``id``, ``source``, metadata),
+``DIR/embeddings.npy`` (the encoder's L2-normalised vectors, before any recipe) and the
+vector store's files (``vectors.faiss``). Every write goes through ``_commit``: files
+are staged in ``DIR/.next``, the stage is renamed to ``DIR/.commit`` (the point of no
+return), then moved into place manifest last; ``open`` rolls a found ``.commit``
+forward and discards a ``.next``, so a crash never leaves a half-written index.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
+from radsearch.errors import IndexError_, RadsearchError
+from radsearch.io.items import ItemRef
+
+MANIFEST = "manifest.json"
+ITEMS = "items.parquet"
+EMBEDDINGS = "embeddings.npy"
+FORMAT_VERSION = 1
+
+
+def _versions() -> dict:
+    import faiss
+    import pyarrow
+    import torch
+
+    from radsearch import __version__
+
+    return {
+        "radsearch": __version__,
+        "faiss": faiss.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def recover(path: Path) -> None:
+    """Finish or discard an interrupted commit (see module docstring)."""
+    nxt, com = path / ".next", path / ".commit"
+    if nxt.exists():
+        shutil.rmtree(nxt)
+    if com.exists():
+        names = sorted(p.name for p in com.iterdir())
+        for name in sorted(names, key=lambda n: n == MANIFEST):  # manifest last
+            os.replace(com / name, path / name)
+        com.rmdir()
+
+
+class Index:
+    """Vectors + metadata + manifest; search through ``radsearch.search``."""
+
+    def __init__(self, path: Path, manifest: dict, items, embeddings: np.ndarray, store):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.items = items  # pyarrow.Table
+        self.embeddings = embeddings
+        self.store = store
+        self._encoder: Encoder | None = None
+        self._row_of: dict[str, int] | None = None
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        encoder: str | EncoderConfig,
+        *,
+        store: dict | None = None,
+        recipe: dict | None = None,
+    ) -> Index:
+        """A new, empty index (written on the first ``save``). Refuses an existing one."""
+        path = Path(path)
+        if (path / MANIFEST).exists():
+            raise IndexError_(f"{path}: an index already exists here")
+        cfg = encoder if isinstance(encoder, EncoderConfig) else get_config(encoder)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "encoder": {"name": cfg.name, "hash": cfg.hash, "config": cfg.to_dict()},
+            "dim": cfg.dim,
+            "metric": "inner_product",
+            "normalized": True,
+            "count": 0,
+            "store": dict(store or {"kind": "faiss", "type": "flat"}),
+            "recipe": recipe,
+            "created": _now(),
+        }
+        import pyarrow as pa
+
+        items = pa.table({"id": pa.array([], pa.string()), "source": pa.array([], pa.string())})
+        emb = np.zeros((0, cfg.dim), np.float32)
+        return cls(path, manifest, items, emb, cls._make_store(manifest))
+
+    @classmethod
+    def open(cls, path: str | Path, *, mmap: bool = True) -> Index:
+        """Open an index directory, checking that its parts agree with each other."""
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if not path.exists():
+            raise IndexError_(f"{path}: no such index directory")
+        recover(path)
+        mpath = path / MANIFEST
+        if not mpath.exists():
+            raise IndexError_(f"{path}: not a radsearch index (no {MANIFEST})")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise IndexError_(f"{mpath}: damaged manifest ({exc})") from None
+        try:
+            items = pq.read_table(path / ITEMS)
+            emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None)
+        except (OSError, ValueError) as exc:
+            raise IndexError_(f"{path}: damaged index files ({exc})") from None
+        n = manifest["count"]
+        if items.num_rows != n or emb.shape[0] != n or emb.shape[1] != manifest["dim"]:
+            raise IndexError_(
+                f"{path}: parts disagree (manifest count {n}, items {items.num_rows}, "
+                f"embeddings {emb.shape})"
+            )
+        store = cls._make_store(manifest)
+        store.load(path)
+        if store.ntotal != n:
+            raise IndexError_(f"{path}: vector store holds {store.ntotal} vectors, expected {n}")
+        return cls(path, manifest, items, emb, store)
+
+    @staticmethod
+    def _make_store(manifest: dict):
+        spec = manifest["store"]
+        if spec.get("kind", "faiss") == "faiss":
+            from radsearch.index.faiss_store import FaissStore
+
+            return FaissStore(manifest["dim"], spec)
+        if spec["kind"] == "milvus":
+            from radsearch.index.milvus_store import MilvusStore
+
+            return MilvusStore(manifest["dim"], spec)
+        raise IndexError_(f"unknown vector store kind {spec['kind']!r}")
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig.from_dict(self.manifest["encoder"]["config"])
+
+    @property
+    def encoder_name(self) -> str:
+        return self.manifest["encoder"]["name"]
+
+    @property
+    def recipe(self):
+        """The retrieval recipe stored with the index (``None``: plain cosine kNN)."""
+        spec = self.manifest.get("recipe")
+        if not spec:
+            return None
+        from radsearch.recipe import Recipe
+
+        return Recipe.from_manifest(spec)
+
+    def encoder(self, device: str = "cpu", weights: str | None = None) -> Encoder:
+        """The index's own encoder, built from the stored config (cached)."""
+        if self._encoder is None:
+            self._encoder = create_encoder(self.encoder_config, weights=weights, device=device)
+        return self._encoder
+
+    def check_model(self, name: str | None) -> None:
+        """Refuse to use an index with an encoder other than the one that built it."""
+        if not name:
+            return
+        cfg = get_config(name)
+        mine = self.manifest["encoder"]
+        if cfg.hash != mine["hash"]:
+            raise IndexError_(
+                f"{self.path}: index was built with encoder {mine['name']!r} "
+                f"(config {mine['hash']}); refusing to use it with {name!r} (config {cfg.hash})"
+            )
+
+    def row_of(self, item_id: str) -> int | None:
+        if self._row_of is None:
+            self._row_of = {v: i for i, v in enumerate(self.items.column("id").to_pylist())}
+        return self._row_of.get(item_id)
+
+    def item(self, item_id: str) -> dict | None:
+        row = self.row_of(item_id)
+        return None if row is None else self.rows([row])[0]
+
+    def rows(self, rows) -> list[dict]:
+        """Metadata dicts of the given rows (nulls as empty strings)."""
+        taken = self.items.take(np.asarray(rows, dtype=np.int64)).to_pylist()
+        return [{k: ("" if v is None else v) for k, v in r.items()} for r in taken]
+
+    @property
+    def ids(self) -> set[str]:
+        self.row_of("")
+        return set(self._row_of)
+
+    # -- mutation -------------------------------------------------------------------
+    def add(self, refs: list[ItemRef], vectors: np.ndarray) -> int:
+        """Append items not yet in the index (by id); returns how many were added."""
+        import pyarrow as pa
+
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IndexError_(f"{self.path}: vectors of dim {vectors.shape[-1]} != index dim {self.dim}")
+        existing = self.ids
+        keep, seen = [], set()
+        for i, r in enumerate(refs):
+            if r.id not in existing and r.id not in seen:
+                keep.append(i)
+                seen.add(r.id)
+        if not keep:
+            return 0
+        new_refs = [refs[i] for i in keep]
+        new_vecs = vectors[keep]
+        cols = {"id": [r.id for r in new_refs], "source": [r.source for r in new_refs]}
+        keys: list[str] = []
+        for r in new_refs:
+            for k in r.metadata:
+                if k not in cols and k not in keys and not k.startswith("_"):
+                    keys.append(k)
+        for k in keys:
+            cols[k] = [None if r.metadata.get(k) is None else str(r.metadata.get(k)) for r in new_refs]
+        new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
+        self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
+        self.embeddings = np.concatenate([np.asarray(self.embeddings), new_vecs])
+        self._after_change(appended=new_vecs)
+        return len(keep)
+
+    def remove(self, ids) -> int:
+        """Drop items by id; returns how many were found and removed."""
+        drop = {self.row_of(i) for i in ids} - {None}
+        if not drop:
+            return 0
+        keep = np.asarray([i for i in range(self.count) if i not in drop], dtype=np.int64)
+        self.items = self.items.take(keep)
+        self.embeddings = np.asarray(self.embeddings)[keep]
+        self._after_change(appended=None)
+        return len(drop)
+
+    def _after_change(self, appended: np.ndarray | None) -> None:
+        self.manifest["count"] = int(self.items.num_rows)
+        self._row_of = None
+        recipe = self.recipe
+        if recipe is not None and recipe.needs_refit_on_change:
+            recipe.fit(np.asarray(self.embeddings))
+            self.manifest["recipe"] = recipe.to_manifest()
+            appended = None
+        if appended is not None and self.store.ntotal + len(appended) == self.count:
+            self.store.add(self.db_vectors(appended))
+        else:
+            self.store.build(self.db_vectors(np.asarray(self.embeddings)))
+
+    def db_vectors(self, embeddings: np.ndarray) -> np.ndarray:
+        """What the vector store holds for these embeddings (the recipe's database side)."""
+        recipe = self.recipe
+        return embeddings if recipe is None else recipe.transform_db(embeddings)
+
+    def set_recipe(self, recipe) -> None:
+        """Attach (and fit on this index's embeddings) a recipe; rebuilds the store."""
+        if recipe is not None:
+            recipe.fit(np.asarray(self.embeddings))
+        self.manifest["recipe"] = None if recipe is None else recipe.to_manifest()
+        self.store.build(self.db_vectors(np.asarray(self.embeddings)))
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self) -> None:
+        """Write every part, atomically with respect to crashes (see module docstring)."""
+        import pyarrow.parquet as pq
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        recover(self.path)
+        stage = self.path / ".next"
+        stage.mkdir()
+        try:
+            pq.write_table(self.items, stage / ITEMS)
+            np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
+            self.store.save(stage)
+            self.manifest["updated"] = _now()
+            self.manifest["versions"] = _versions()
+            self.manifest["count"] = int(self.items.num_rows)
+            (stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+            for p in stage.iterdir():
+                _fsync_file(p)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        os.replace(stage, self.path / ".commit")
+        recover(self.path)
+
+    # -- search ---------------------------------------------------------------------
+    def search(self, queries, k: int = 10, **options):
+        """Images (arrays or paths) or vectors in, one ``QueryResult`` per query out.
+
+        Options: ``where`` (dict column -> value), ``one_per_patient``, ``suggest``
+        (metadata column voted on; default ``label``). See ``radsearch.search``.
+        """
+        from radsearch.search import search_index
+
+        return search_index(self, queries, k=k, **options)
+
+    def describe(self) -> dict:
+        m = self.manifest
+        cols = [c for c in self.items.column_names if c not in ("id", "source")]
+        return {
+            "path": str(self.path),
+            "encoder": m["encoder"]["name"],
+            "encoder_hash": m["encoder"]["hash"],
+            "dim": m["dim"],
+            "metric": m["metric"],
+            "count": m["count"],
+            "store": m["store"],
+            "recipe": m.get("recipe"),
+            "metadata_columns": cols,
+            "created": m.get("created"),
+            "updated": m.get("updated"),
+            "versions": m.get("versions", {}),
+        }
+
+

@@ -1,0 +1,202 @@
+"""Query -> hits: embedding with the index's own encoder, metadata filters,
+one-hit-per-patient, the recipe's query side and re-ranking, and a majority-vote
+suggestion. The CLI, the Python API and the HTTP server all go through here, so they
+return identical hits for the same query.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from radsearch.errors import RadsearchError
+
+PATIENT_COLUMN = "patient_id"
+DEFAULT_SUGGEST = "label"
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    id: str
+    source: str
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id, "source": self.source}
+        d.update(self.metadata)
+        return d
+
+
+@dataclass
+class QueryResult:
+    query: str
+    hits: list[Hit]
+    suggestion: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "query": self.query,
+            "hits": [h.to_dict() for h in self.hits],
+            "suggestion": self.suggestion,
+        }
+
+
+def majority_vote(hits: list[Hit], column: str) -> dict | None:
+    """Most frequent non-empty ``column`` value among the hits; ties go to the value
+    with the larger summed score. ``share`` is its fraction of the voting hits."""
+    votes: Counter = Counter()
+    weight: dict = defaultdict(float)
+    for h in hits:
+        v = h.metadata.get(column, "")
+        if v not in ("", None):
+            votes[v] += 1
+            weight[v] += h.score
+    if not votes:
+        return None
+    value = max(votes, key=lambda v: (votes[v], weight[v]))
+    return {
+        "column": column,
+        "value": value,
+        "votes": votes[value],
+        "share": round(votes[value] / sum(votes.values()), 4),
+    }
+
+
+def filter_rows(index, where: dict | None) -> np.ndarray | None:
+    """Row numbers whose metadata matches every ``column -> value`` (comma = any of)."""
+    if not where:
+        return None
+    import pyarrow.compute as pc
+
+    mask = None
+    for col, value in where.items():
+        if col not in index.items.column_names:
+            raise RadsearchError(
+                f"filter column {col!r} is not in the index (columns: "
+                f"{', '.join(index.items.column_names)})"
+            )
+        allowed = [v.strip() for v in str(value).split(",")]
+        m = pc.is_in(index.items.column(col), value_set=__import__("pyarrow").array(allowed))
+        mask = m if mask is None else pc.and_(mask, m)
+    rows = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    return rows.astype(np.int64)
+
+
+def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
+    """Images (HxWx3 arrays), paths or an ``NxD`` float array -> (labels, vectors)."""
+    if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
+        if queries.shape[1] != index.dim:
+            raise RadsearchError(f"query vectors have dim {queries.shape[1]}, index has {index.dim}")
+        return [f"vector[{i}]" for i in range(len(queries))], queries.astype(np.float32)
+    if isinstance(queries, (str, Path, np.ndarray)):
+        queries = [queries]
+    from radsearch.io.items import read_image
+
+    names, images = [], []
+    for i, q in enumerate(queries):
+        if isinstance(q, (str, Path)):
+            names.append(str(q))
+            images.append(read_image(q))
+        else:
+            names.append(f"image[{i}]")
+            images.append(np.asarray(q))
+    encoder = index.encoder()
+    recipe = index.recipe
+    if recipe is not None and hasattr(recipe, "encode_queries"):
+        return names, recipe.encode_queries(encoder, images)
+    return names, encoder.encode_images(images)
+
+
+def search_index(
+    index,
+    queries,
+    k: int = 10,
+    *,
+    where: dict | None = None,
+    one_per_patient: bool = False,
+    suggest: str | None = DEFAULT_SUGGEST,
+    names: list[str] | None = None,
+) -> list[QueryResult]:
+    """The one search path (see module docstring)."""
+    if k < 1:
+        raise RadsearchError(f"k must be at least 1 (got {k})")
+    labels, qvecs = embed_queries(index, queries)
+    if names:
+        labels = list(names)
+    return search_vectors(
+        index, qvecs, k, where=where, one_per_patient=one_per_patient, suggest=suggest, names=labels
+    )
+
+
+def search_vectors(
+    index,
+    qvecs: np.ndarray,
+    k: int = 10,
+    *,
+    where: dict | None = None,
+    one_per_patient: bool = False,
+    suggest: str | None = DEFAULT_SUGGEST,
+    names: list[str] | None = None,
+) -> list[QueryResult]:
+    """Search with already-embedded (L2-normalised, pre-recipe) query vectors."""
+    names = names or [f"vector[{i}]" for i in range(len(qvecs))]
+    if index.count == 0:
+        return [QueryResult(n, [], None) for n in names]
+    rows_allowed = filter_rows(index, where)
+    if rows_allowed is not None and len(rows_allowed) == 0:
+        return [QueryResult(n, [], None) for n in names]
+    recipe = index.recipe
+    q = np.asarray(qvecs, np.float32)
+    if recipe is not None:
+        q = recipe.transform_query(q, index)
+    has_patient = one_per_patient and PATIENT_COLUMN in index.items.column_names
+    pool = len(rows_allowed) if rows_allowed is not None else index.count
+    fetch = k
+    if recipe is not None:
+        fetch = max(fetch, recipe.candidates(k))
+    if has_patient:
+        fetch = min(pool, max(fetch, 10 * k))
+    fetch = min(fetch, pool)
+    results = []
+    while True:
+        scores, rows = index.store.search(q, fetch, rows=rows_allowed)
+        if recipe is not None:
+            scores, rows = recipe.rerank(index, q, scores, rows)
+        done = True
+        results = []
+        for n, srow, rrow in zip(names, scores, rows, strict=True):
+            hits = _collect(index, srow, rrow, k, has_patient)
+            if has_patient and len(hits) < k and fetch < pool:
+                done = False
+            results.append(QueryResult(n, hits))
+        if done:
+            break
+        fetch = min(pool, fetch * 4)
+    if suggest:
+        column = suggest if suggest in index.items.column_names else None
+        for r in results:
+            r.suggestion = majority_vote(r.hits, column) if column else None
+    return results
+
+
+def _collect(index, scores, rows, k, one_per_patient) -> list[Hit]:
+    valid = [(float(s), int(r)) for s, r in zip(scores, rows, strict=True) if r >= 0]
+    metas = index.rows([r for _, r in valid]) if valid else []
+    hits, patients = [], set()
+    for (score, _), meta in zip(valid, metas, strict=True):
+        if one_per_patient:
+            pid = meta.get(PATIENT_COLUMN, "")
+            if pid:
+                if pid in patients:
+                    continue
+                patients.add(pid)
+        item_id, source = meta.pop("id"), meta.pop("source")
+        hits.append(Hit(len(hits) + 1, score, item_id, source, meta))
+        if len(hits) == k:
+            break
+    return hits
