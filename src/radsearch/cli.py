@@ -11,11 +11,16 @@ import argparse
 import json
 import sys
 from importlib import import_module
+from importlib.util import find_spec
 
 from radsearch.errors import RadsearchError
 
 # Modules that add their own sub-commands: each has ``register(subparsers)``.
-_STAGE_MODULES: list[str] = []
+_STAGE_MODULES = [
+    "radsearch.evaluate.cli",  # evaluate, compare
+    "radsearch.tune",  # tune
+    "radsearch.serve.cli",  # serve
+]
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -208,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_remove)
 
     for mod in _STAGE_MODULES:
-        import_module(mod).register(sub)
+        if find_spec(mod.rpartition(".")[0]) and find_spec(mod):
+            import_module(mod).register(sub)
     return parser
 
 

@@ -150,31 +150,16 @@ def search_vectors(
     rows_allowed = filter_rows(index, where)
     if rows_allowed is not None and len(rows_allowed) == 0:
         return [QueryResult(n, [], None) for n in names]
-    recipe = index.recipe
-    q = np.asarray(qvecs, np.float32)
-    if recipe is not None:
-        q = recipe.transform_query(q, index)
     has_patient = one_per_patient and PATIENT_COLUMN in index.items.column_names
     pool = len(rows_allowed) if rows_allowed is not None else index.count
-    fetch = k
-    if recipe is not None:
-        fetch = max(fetch, recipe.candidates(k))
-    if has_patient:
-        fetch = min(pool, max(fetch, 10 * k))
-    fetch = min(fetch, pool)
-    results = []
+    fetch = min(pool, 10 * k if has_patient else k)
     while True:
-        scores, rows = index.store.search(q, fetch, rows=rows_allowed)
-        if recipe is not None:
-            scores, rows = recipe.rerank(index, q, scores, rows)
-        done = True
-        results = []
-        for n, srow, rrow in zip(names, scores, rows, strict=True):
-            hits = _collect(index, srow, rrow, k, has_patient)
-            if has_patient and len(hits) < k and fetch < pool:
-                done = False
-            results.append(QueryResult(n, hits))
-        if done:
+        scores, rows = knn_rows(index, qvecs, fetch, rows_allowed=rows_allowed)
+        results = [
+            QueryResult(n, _collect(index, srow, rrow, k, has_patient))
+            for n, srow, rrow in zip(names, scores, rows, strict=True)
+        ]
+        if not has_patient or fetch >= pool or all(len(r.hits) == k for r in results):
             break
         fetch = min(pool, fetch * 4)
     if suggest:
@@ -182,6 +167,25 @@ def search_vectors(
         for r in results:
             r.suggestion = majority_vote(r.hits, column) if column else None
     return results
+
+
+def knn_rows(index, qvecs: np.ndarray, k: int, rows_allowed: np.ndarray | None = None):
+    """The k nearest rows of the index for each (pre-recipe) query vector.
+
+    Applies the index's recipe exactly as every caller sees it (query transform,
+    candidate over-fetch, re-ranking); ``evaluate`` uses this too, so the benchmark
+    and the product never disagree. Returns ``(scores, rows)``, ``-1`` rows padding.
+    """
+    recipe = index.recipe
+    q = np.asarray(qvecs, np.float32)
+    if recipe is not None:
+        q = recipe.transform_query(q, index)
+    fetch = k if recipe is None else max(k, recipe.candidates(k))
+    pool = len(rows_allowed) if rows_allowed is not None else index.count
+    scores, rows = index.store.search(q, min(fetch, pool), rows=rows_allowed)
+    if recipe is not None:
+        scores, rows = recipe.rerank(index, q, scores, rows)
+    return scores[:, :k], rows[:, :k]
 
 
 def _collect(index, scores, rows, k, one_per_patient) -> list[Hit]:
