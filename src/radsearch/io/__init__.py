@@ -5,14 +5,15 @@ turns it into an ``HxWx3 uint8`` RGB array. Sources yield ``ItemRef`` without de
 pixels so that decoding can run in worker processes.
 """
 
-from radsearch.io.items import ItemRef, load_pixels, read_image
+from radsearch.io.items import MAX_PIXELS, ItemRef, file_kind, load_pixels, read_image
+from radsearch.io.sources import iter_source, parse_where
 
-__all__ = ["ItemRef", "iter_source", "load_pixels", "read_image"]
-
-
-def __getattr__(name):
-    if name == "iter_source":
-        from radsearch.io.sources import iter_source
-
-        return iter_source
-    raise AttributeError(name)
+__all__ = [
+    "MAX_PIXELS",
+    "ItemRef",
+    "file_kind",
+    "iter_source",
+    "load_pixels",
+    "parse_where",
+    "read_image",
+]
