@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
-from radsearch.errors import IndexError_, RadsearchError
+from radsearch.errors import IndexError_
 from radsearch.io.items import ItemRef
 
 MANIFEST = "manifest.json"
@@ -75,8 +75,11 @@ class Index:
         self.items = items  # pyarrow.Table
         self.embeddings = embeddings
         self.store = store
+        if hasattr(store, "bind"):  # stores that keep metadata too (Milvus)
+            store.bind(self)
         self._encoder: Encoder | None = None
         self._row_of: dict[str, int] | None = None
+        self._recipe: tuple[str, object] | None = None  # (manifest spec as JSON, Recipe)
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -175,13 +178,29 @@ class Index:
 
     @property
     def recipe(self):
-        """The retrieval recipe stored with the index (``None``: plain cosine kNN)."""
+        """The retrieval recipe stored with the index (``None``: plain cosine kNN).
+
+        Built once per manifest recipe and cached; its fitted arrays come from
+        ``DIR/recipe.npz`` when their digest matches the manifest (else it refits on
+        this index's embeddings, which gives the same arrays).
+        """
         spec = self.manifest.get("recipe")
         if not spec:
             return None
-        from radsearch.recipe import Recipe
+        key = json.dumps(spec, sort_keys=True)
+        if self._recipe is not None and self._recipe[0] == key:
+            return self._recipe[1]
+        from radsearch.recipe import STATE_FILE, Recipe
 
-        return Recipe.from_manifest(spec)
+        state = None
+        if spec.get("state") and (self.path / STATE_FILE).exists():
+            with np.load(self.path / STATE_FILE, allow_pickle=False) as z:
+                state = {k: z[k] for k in z.files}
+        recipe = Recipe.from_manifest(spec, state=state)
+        if not recipe.fitted:
+            recipe.fit(np.asarray(self.embeddings))
+        self._recipe = (key, recipe)
+        return recipe
 
     def encoder(self, device: str = "cpu", weights: str | None = None) -> Encoder:
         """The index's own encoder, built from the stored config (cached)."""
@@ -270,6 +289,7 @@ class Index:
         if recipe is not None and recipe.needs_refit_on_change:
             recipe.fit(np.asarray(self.embeddings))
             self.manifest["recipe"] = recipe.to_manifest()
+            self._recipe = (json.dumps(self.manifest["recipe"], sort_keys=True), recipe)
             appended = None
         if appended is not None and self.store.ntotal + len(appended) == self.count:
             self.store.add(self.db_vectors(appended))
@@ -286,6 +306,9 @@ class Index:
         if recipe is not None:
             recipe.fit(np.asarray(self.embeddings))
         self.manifest["recipe"] = None if recipe is None else recipe.to_manifest()
+        self._recipe = None
+        if recipe is not None:
+            self._recipe = (json.dumps(self.manifest["recipe"], sort_keys=True), recipe)
         self.store.build(self.db_vectors(np.asarray(self.embeddings)))
 
     # -- persistence ----------------------------------------------------------------
@@ -301,6 +324,11 @@ class Index:
             pq.write_table(self.items, stage / ITEMS)
             np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
             self.store.save(stage)
+            recipe = self.recipe
+            if recipe is not None and recipe.state:
+                from radsearch.recipe import STATE_FILE
+
+                np.savez(stage / STATE_FILE, **recipe.state)
             self.manifest["updated"] = _now()
             self.manifest["versions"] = _versions()
             self.manifest["count"] = int(self.items.num_rows)
