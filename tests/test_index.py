@@ -178,3 +178,12 @@ def test_damaged_or_mismatched_indexes_are_refused(small_index, tmp_path):
         Index.create(path, "efficientnet-lite0")
     with pytest.raises(IndexError_, match="dim"):
         index.add(refs(1, start=300), np.zeros((1, 7), np.float32))
+
+
+def test_metadata_keys_that_collide_with_hit_fields_are_kept_apart(tmp_path):
+    index = Index.create(tmp_path / "idx", "efficientnet-lite0")
+    ref = ItemRef(id="a.png", source="/data/a.png", metadata={"source": "dataset X", "score": "5"})
+    index.add([ref], unit(np.random.default_rng(4), 1))
+    hit = search_vectors(index, np.asarray(index.embeddings), k=1)[0].hits[0]
+    assert hit.source == "/data/a.png" and hit.metadata["meta_source"] == "dataset X"
+    assert hit.to_dict()["source"] == "/data/a.png" and hit.to_dict()["meta_score"] == "5"

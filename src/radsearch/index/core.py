@@ -66,6 +66,15 @@ def recover(path: Path) -> None:
         com.rmdir()
 
 
+RESERVED_COLUMNS = ("id", "source", "rank", "score")
+
+
+def metadata_column(key: str) -> str:
+    """Column name for a metadata key; keys that collide with a hit's own fields
+    (e.g. RadBench's ``source`` column) are kept as ``meta_<key>``."""
+    return f"meta_{key}" if key in RESERVED_COLUMNS else key
+
+
 class Index:
     """Vectors + metadata + manifest; search through ``radsearch.search``."""
 
@@ -261,10 +270,11 @@ class Index:
         keys: list[str] = []
         for r in new_refs:
             for k in r.metadata:
-                if k not in cols and k not in keys and not k.startswith("_"):
+                if k not in keys and not k.startswith("_"):
                     keys.append(k)
         for k in keys:
-            cols[k] = [None if r.metadata.get(k) is None else str(r.metadata.get(k)) for r in new_refs]
+            vals = [r.metadata.get(k) for r in new_refs]
+            cols[metadata_column(k)] = [None if v is None else str(v) for v in vals]
         new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
         self.embeddings = np.concatenate([np.asarray(self.embeddings), new_vecs])

@@ -166,7 +166,8 @@ def _csv_entries(
     if len(one_hot) < 2:
         one_hot = []
 
-    base = Path(root) if root is not None else csv_path.parent
+    # Absolute, so an index's ``source`` column works from any working directory.
+    base = (Path(root) if root is not None else csv_path.parent).resolve()
     allowed_splits = _alternatives(split) if split is not None else None
     seen: dict[str, int] = {}
     entries = []
@@ -269,9 +270,14 @@ def iter_source(
     is called, so mistakes surface before any work starts; items are yielded lazily.
     ``split`` and ``where`` values may list alternatives separated by commas.
     """
+    if str(spec).startswith("dicomweb:"):  # a PACS: see radsearch.io.dicomweb
+        from radsearch.io.dicomweb import iter_dicomweb
+
+        return iter_dicomweb(str(spec), where=where)
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder")
+    path = path.resolve()
     if nifti_step < 1:
         raise SourceError(f"nifti_step must be >= 1, got {nifti_step}")
     if isinstance(nifti_window, str):
