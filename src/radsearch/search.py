@@ -112,6 +112,16 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
     return names, encoder.encode_images(images)
 
 
+def embed_texts(index, text: str | list[str]) -> tuple[list[str], np.ndarray]:
+    """Text queries -> (labels, vectors) with the index encoder's text tower."""
+    from radsearch.encoders.hub import encode_text
+
+    texts = [text] if isinstance(text, str) else [str(t) for t in text]
+    if not texts or not all(t.strip() for t in texts):
+        raise RadsearchError("text query is empty")
+    return [f"text:{t}" for t in texts], encode_text(index.encoder(), texts)
+
+
 def search_index(
     index,
     queries,
@@ -121,11 +131,22 @@ def search_index(
     one_per_patient: bool = False,
     suggest: str | None = DEFAULT_SUGGEST,
     names: list[str] | None = None,
+    text: str | list[str] | None = None,
 ) -> list[QueryResult]:
-    """The one search path (see module docstring)."""
+    """The one search path (see module docstring).
+
+    ``text``: one or more text queries instead of images, for CLIP-family encoders
+    (embedded with the index encoder's text tower, then searched like image vectors,
+    the index's recipe included).
+    """
     if k < 1:
         raise RadsearchError(f"k must be at least 1 (got {k})")
-    labels, qvecs = embed_queries(index, queries)
+    if text is not None:
+        if queries is not None and not (isinstance(queries, (list, tuple)) and not queries):
+            raise RadsearchError("give query images or text, not both")
+        labels, qvecs = embed_texts(index, text)
+    else:
+        labels, qvecs = embed_queries(index, queries)
     if names:
         labels = list(names)
     return search_vectors(

@@ -39,6 +39,57 @@ for _arch, (_pkg, _cls, _size) in _WEIGHT_PACKAGES.items():
     )
 
 
+# output channels of each MBConv block, and of the head
+_CHANNELS = {
+    "efficientnet-lite0": [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320],
+    "efficientnet-lite2": [16, 24, 24, 24, 48, 48, 48, 88, 88, 88, 88, 120, 120, 120, 120, 208,
+                           208, 208, 208, 208, 352],
+}
+
+
+def channels(model_id: str) -> dict[str, int]:
+    """Channels of every tappable layer (``bN`` and ``head``) of ``model_id``."""
+    out = {f"b{i}": c for i, c in enumerate(_CHANNELS[model_id])}
+    out["head"] = 1280
+    return out
+
+
+def efficientnet_variant(
+    base: str,
+    name: str,
+    *,
+    taps: list[str] | None = None,
+    tap_weights: list[float] | None = None,
+    scales: list[int] | None = None,
+    flip: bool = False,
+    input_size: int | None = None,
+    pooling: str | None = None,
+    description: str = "",
+) -> EncoderConfig:
+    """A config for an EfficientNet-Lite feature variant (its own name and hash)."""
+    from radsearch.encoders.registry import get_config
+
+    cfg = get_config(base)
+    extra = dict(cfg.extra)
+    if taps:
+        extra["taps"] = list(taps)
+    if tap_weights:
+        extra["tap_weights"] = [float(w) for w in tap_weights]
+    if scales:
+        extra["scales"] = [int(s) for s in scales]
+    if flip:
+        extra["flip"] = True
+    size = int(input_size or max([cfg.input_size, *(scales or [])]))
+    cfg = cfg.replace(name=name, extra=extra, input_size=size, pooling=pooling or cfg.pooling,
+                      description=description or f"{base} variant")
+    ch = channels(cfg.model_id)
+    bad = [layer for layer, _, _ in parse_taps(cfg) if layer not in ch]
+    if bad:
+        raise EncoderError(f"model {name!r}: no layer(s) {bad} in {base} (have b0..b{len(ch) - 2}, head)")
+    dim = sum(tap_dim(layer, pool, ch) for layer, pool, _ in parse_taps(cfg))
+    return cfg.replace(dim=dim)
+
+
 def _weights_file(cfg: EncoderConfig) -> str | None:
     pkg, cls, _ = _WEIGHT_PACKAGES[cfg.model_id]
     try:
@@ -54,15 +105,63 @@ def _available(cfg: EncoderConfig) -> bool:
     return bool(path) and Path(path).exists()
 
 
+def parse_taps(cfg: EncoderConfig) -> list[tuple[str, str, float]]:
+    """``(layer, pooling, weight)`` per feature block of ``cfg``.
+
+    ``extra["taps"]``: ``"layer:pooling"`` strings; layer ``head`` (the 1280-channel
+    head map) or ``bN`` (output of MBConv block N, 0-based; Lite0 has 16 blocks);
+    pooling ``avg``, ``max``, ``gem[p]`` or ``gridN`` (average over an NxN grid of
+    cells, concatenated: keeps coarse layout). ``extra["tap_weights"]`` weighs the
+    blocks (default 1). Without ``taps``: the head map pooled with ``cfg.pooling``.
+    """
+    taps = cfg.extra.get("taps") or [f"head:{cfg.pooling}"]
+    weights = cfg.extra.get("tap_weights") or [1.0] * len(taps)
+    if len(weights) != len(taps):
+        raise EncoderError(f"model {cfg.name!r}: {len(taps)} taps but {len(weights)} tap_weights")
+    out = []
+    for t, w in zip(taps, weights, strict=True):
+        layer, _, pool = str(t).partition(":")
+        out.append((layer, pool or cfg.pooling, float(w)))
+    return out
+
+
+def pool_tap(fmap, pooling: str):
+    """``BxCxHxW`` -> ``BxD``: :func:`pool_map` plus ``gridN`` (NxN cell means)."""
+    import torch
+
+    from radsearch.encoders.pooling import pool_map
+
+    if pooling.startswith("grid"):
+        n = int(pooling[4:] or 2)
+        return torch.nn.functional.adaptive_avg_pool2d(fmap, n).flatten(1)
+    return pool_map(fmap, pooling)
+
+
+def tap_dim(layer: str, pooling: str, channels: dict[str, int]) -> int:
+    c = channels[layer]
+    return c * int(pooling[4:] or 2) ** 2 if pooling.startswith("grid") else c
+
+
 class EfficientNetLiteFeatures:
-    """Factory for the torch module: backbone -> head feature map -> pooling."""
+    """Factory for the torch module: backbone -> tapped feature maps -> pooling.
+
+    The default config taps the head map only (average pooled), exactly as before.
+    Variants (all in ``EncoderConfig.extra``, so they change the config hash):
+    ``taps``/``tap_weights`` (see :func:`parse_taps`), ``scales`` (extra input sizes:
+    the preprocessed ``input_size`` image is resized on the tensor, antialiased, and
+    each block is averaged over scales) and ``flip`` (average with the mirrored image).
+    Each block is L2-normalised and weighted before concatenation.
+    """
 
     @staticmethod
     def build(cfg: EncoderConfig, weights_path: str):
         import torch
         from efficientnet_lite_pytorch import EfficientNet
 
-        from radsearch.encoders.pooling import pool_map
+        taps = parse_taps(cfg)
+        scales = [int(s) for s in cfg.extra.get("scales") or [cfg.input_size]]
+        flip = bool(cfg.extra.get("flip", False))
+        plain = len(taps) == 1 and taps[0][0] == "head" and scales == [cfg.input_size] and not flip
 
         class _Module(torch.nn.Module):
             def __init__(self):
@@ -72,8 +171,46 @@ class EfficientNetLiteFeatures:
                 self.net._fc = torch.nn.Identity()
                 self.pooling = cfg.pooling
 
+            def maps(self, x, layers):
+                """Feature maps of the requested layers (``head`` / ``bN``) for ``x``."""
+                net, out = self.net, {}
+                last = max((int(n[1:]) for n in layers if n != "head"), default=-1)
+                h = net._swish(net._bn0(net._conv_stem(x)))
+                for idx, block in enumerate(net._blocks):
+                    h = block(h)
+                    if f"b{idx}" in layers:
+                        out[f"b{idx}"] = h
+                    if idx >= last and "head" not in layers:
+                        return out
+                out["head"] = net._swish(net._bn1(net._conv_head(h)))
+                return out
+
+            def raw(self, x, taps, scales, flip=False):
+                """Un-normalised pooled blocks, averaged over scales (and flips)."""
+                layers = {layer for layer, _, _ in taps}
+                acc = [0.0] * len(taps)
+                views = 0
+                for s in scales:
+                    xs = x
+                    if s != x.shape[-1]:
+                        xs = torch.nn.functional.interpolate(
+                            x, size=(s, s), mode="bicubic", align_corners=False, antialias=True
+                        )
+                    for xv in [xs, xs.flip(-1)] if flip else [xs]:
+                        maps = self.maps(xv, layers)
+                        for i, (layer, pool, _) in enumerate(taps):
+                            acc[i] = acc[i] + pool_tap(maps[layer], pool)
+                        views += 1
+                return [a / views for a in acc]
+
             def forward(self, x):
-                return pool_map(self.net.extract_features(x), self.pooling)
+                if plain:
+                    return pool_tap(self.net.extract_features(x), taps[0][1])
+                blocks = self.raw(x, taps, scales, flip)
+                return torch.cat(
+                    [torch.nn.functional.normalize(b, dim=-1) * w for b, (_, _, w) in zip(blocks, taps, strict=True)],
+                    dim=-1,
+                )
 
         return _Module()
 

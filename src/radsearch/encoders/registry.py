@@ -52,7 +52,7 @@ def register_prefix(prefix: str):
 
 def _load_builtin_families() -> None:
     # Importing the family modules registers their configs and loaders.
-    from radsearch.encoders import efficientnet, hub, medsam  # noqa: F401
+    from radsearch.encoders import efficientnet, fusion, hub, medsam  # noqa: F401
 
 
 def get_config(name: str) -> EncoderConfig:
@@ -84,6 +84,8 @@ def create_encoder(
         raise EncoderError(f"model {cfg.name!r}: no loader for family {cfg.family!r}")
     loader, _ = _FAMILIES[cfg.family]
     module = loader(cfg, weights)
+    if hasattr(module, "as_encoder"):  # families with their own Encoder subclass (fusion)
+        return module.as_encoder(cfg, device)
     return Encoder(cfg, module, device=device)
 
 

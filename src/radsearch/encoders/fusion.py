@@ -1,0 +1,163 @@
+"""Fusion encoders: several encoders searched as one vector.
+
+``fusion:A+B`` (optionally ``fusion:A@0.7+B@0.3``) embeds each image with every
+member encoder (each with its own preprocessing, input size and weights), L2-normalises
+each member's block, multiplies it by its weight and concatenates; ``Encoder.encode``'s
+contract (L2-normalised rows) holds for the whole. Cosine similarity of fused vectors
+is then the weighted sum of the members' cosine similarities (divided by the sum of
+squared weights). Names registered with :func:`register_fusion` work the same way.
+
+The config (family ``fusion``) lists the members' full configs in ``extra``, so its
+hash changes whenever a member's does, and an index built with a fusion refuses
+vectors from any other combination.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from radsearch.encoders import efficientnet, medsam  # noqa: F401  (members register first)
+from radsearch.encoders.base import Encoder, EncoderConfig
+from radsearch.encoders.registry import register_encoder, register_family, register_prefix
+from radsearch.errors import EncoderError
+
+
+def parse_members(spec: str) -> list[tuple[str, float]]:
+    """``"A@0.7+B"`` -> ``[("A", 0.7), ("B", 1.0)]``."""
+    out = []
+    for part in spec.split("+"):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, w = part.rpartition("@")
+        if not sep:
+            name, w = part, "1"
+        try:
+            weight = float(w)
+        except ValueError:
+            raise EncoderError(f"fusion member {part!r}: weight {w!r} is not a number") from None
+        if weight <= 0:
+            raise EncoderError(f"fusion member {part!r}: weight must be positive")
+        out.append((name, weight))
+    if len(out) < 2:
+        raise EncoderError(f"fusion needs at least two encoders joined by '+', got {spec!r}")
+    return out
+
+
+def fusion_config(members: list[tuple[str | EncoderConfig, float]], name: str | None = None) -> EncoderConfig:
+    """The config of a fusion of ``(encoder name or config, weight)`` pairs."""
+    from radsearch.encoders.registry import get_config
+
+    cfgs = [m if isinstance(m, EncoderConfig) else get_config(m) for m, _ in members]
+    for c in cfgs:
+        if c.family == "fusion":
+            raise EncoderError(f"fusion member {c.name!r} is itself a fusion; list its members instead")
+    weights = [float(w) for _, w in members]
+    label = "+".join(f"{c.name}@{w:g}" if w != 1 else c.name for c, w in zip(cfgs, weights, strict=True))
+    return EncoderConfig(
+        name=name or f"fusion:{label}",
+        family="fusion",
+        model_id=label,
+        dim=sum(c.dim for c in cfgs),
+        input_size=max(c.input_size for c in cfgs),
+        pooling="concat",
+        description="fusion of " + ", ".join(c.name for c in cfgs) + " (each block L2-normalised, weighted)",
+        weights_hint="; ".join(sorted({c.weights_hint for c in cfgs if c.weights_hint})),
+        extra={"members": [c.to_dict() for c in cfgs], "weights": weights},
+    )
+
+
+@register_prefix("fusion")
+def _from_prefix(rest: str) -> EncoderConfig:
+    return fusion_config(parse_members(rest))
+
+
+def register_fusion(name: str, members: list[tuple[str, float]], description: str = "") -> EncoderConfig:
+    """Register ``name`` as the fusion of ``members`` (which must be registered already)."""
+    cfg = fusion_config(members, name=name)
+    return register_encoder(cfg.replace(description=description or cfg.description))
+
+
+class _Preprocess:
+    """Picklable: one image -> a tuple with each member's preprocessed array."""
+
+    def __init__(self, fns):
+        self.fns = list(fns)
+
+    def __call__(self, rgb):
+        return tuple(fn(rgb) for fn in self.fns)
+
+
+class FusionEncoder(Encoder):
+    """An ``Encoder`` whose items are tuples of the members' inputs."""
+
+    def __init__(self, config: EncoderConfig, members: list[Encoder], weights: list[float]):
+        import torch
+
+        self.config = config
+        self.members = members
+        self.weights = [float(w) for w in weights]
+        self.device = members[0].device
+        self.module = torch.nn.ModuleList([m.module for m in members])
+
+    def preprocess(self, rgb: np.ndarray):
+        return tuple(m.preprocess(rgb) for m in self.members)
+
+    def preprocess_fn(self):
+        return _Preprocess([m.preprocess_fn() for m in self.members])
+
+    def collate(self, arrays: list):
+        return tuple(m.collate([a[i] for a in arrays]) for i, m in enumerate(self.members))
+
+    def encode(self, batch) -> np.ndarray:
+        blocks = [
+            m.encode(b) * w for m, b, w in zip(self.members, batch, self.weights, strict=True)
+        ]
+        out = np.concatenate(blocks, axis=1)
+        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class _FusionFactory:
+    """What the fusion family's loader returns; the registry calls ``as_encoder``."""
+
+    def as_encoder(self, cfg: EncoderConfig, device: str) -> FusionEncoder:
+        return build_fusion_encoder(cfg, device)
+
+
+@register_family("fusion", available=lambda cfg: _members_available(cfg))
+def load_fusion(cfg: EncoderConfig, weights: str | None):
+    if weights:
+        raise EncoderError(
+            f"model {cfg.name!r}: --weights is ambiguous for a fusion; members load their own"
+        )
+    return _FusionFactory()
+
+
+def _members_available(cfg: EncoderConfig) -> bool:
+    from radsearch.encoders.registry import weights_available
+
+    return all(weights_available(EncoderConfig.from_dict(d)) for d in cfg.extra.get("members", []))
+
+
+def build_fusion_encoder(cfg: EncoderConfig, device: str = "cpu") -> FusionEncoder:
+    from radsearch.encoders.registry import create_encoder
+
+    members = [create_encoder(EncoderConfig.from_dict(d), device=device) for d in cfg.extra["members"]]
+    return FusionEncoder(cfg, members, cfg.extra["weights"])
+
+
+def register_builtin() -> None:
+    """Named fusions of the offline encoders."""
+    register_fusion(
+        "lite0+lite2",
+        [("efficientnet-lite0", 1.0), ("efficientnet-lite2", 1.0)],
+        "EfficientNet-Lite0 + Lite2 (offline), blocks L2-normalised, equal weights",
+    )
+    register_fusion(
+        "lite2+litemedsam",
+        [("efficientnet-lite2", 1.0), ("litemedsam", 1.0)],
+        "EfficientNet-Lite2 + LiteMedSAM (offline), blocks L2-normalised, equal weights",
+    )
+
+
+register_builtin()

@@ -1,0 +1,113 @@
+"""Fusion encoders: names, config hash, block normalisation and weights, embed path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from radsearch.encoders import (
+    EncoderConfig,
+    create_encoder,
+    get_config,
+    register_encoder,
+    register_family,
+)
+from radsearch.errors import EncoderError
+
+
+@register_family("test-fusion-tiny", available=lambda cfg: True)
+def _tiny(cfg, weights):
+    torch.manual_seed(int(cfg.extra.get("seed", 0)))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, cfg.dim, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+
+
+register_encoder(EncoderConfig(name="tiny-a", family="test-fusion-tiny", model_id="a", dim=6, input_size=24))
+register_encoder(
+    EncoderConfig(name="tiny-b", family="test-fusion-tiny", model_id="b", dim=4, input_size=40,
+                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), extra={"seed": 1})
+)
+
+
+def _images(n=3):
+    rng = np.random.default_rng(0)
+    return [(rng.random((50 + 7 * i, 60, 3)) * 255).astype(np.uint8) for i in range(n)]
+
+
+def test_fusion_config_and_hash():
+    cfg = get_config("fusion:tiny-a+tiny-b")
+    assert cfg.family == "fusion" and cfg.dim == 10
+    assert [m["name"] for m in cfg.extra["members"]] == ["tiny-a", "tiny-b"]
+    assert get_config("fusion:tiny-a@0.5+tiny-b").hash != cfg.hash
+    assert get_config("fusion:tiny-b+tiny-a").hash != cfg.hash
+    with pytest.raises(EncoderError):
+        get_config("fusion:tiny-a")
+    with pytest.raises(EncoderError):
+        get_config("fusion:tiny-a@x+tiny-b")
+    with pytest.raises(EncoderError):
+        get_config("fusion:tiny-a+nonexistent-model")
+
+
+def test_fusion_blocks_are_normalised_and_weighted():
+    a, b = create_encoder("tiny-a"), create_encoder("tiny-b")
+    imgs = _images()
+    va, vb = a.encode_images(imgs), b.encode_images(imgs)
+    fused = create_encoder("fusion:tiny-a@2+tiny-b")
+    v = fused.encode_images(imgs)
+    assert v.shape == (3, 10)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    expect = np.concatenate([2 * va, vb], axis=1) / np.sqrt(5)
+    assert np.allclose(v, expect, atol=1e-5)
+    # cosine of fused vectors = weighted sum of the members' cosines
+    sim = v @ v.T
+    assert np.allclose(sim, (4 * va @ va.T + vb @ vb.T) / 5, atol=1e-5)
+
+
+def test_fusion_through_the_embed_path(tmp_path):
+    """embed.py: preprocess_fn() in workers, then collate + encode."""
+    from PIL import Image
+
+    from radsearch.embed import embed_refs
+    from radsearch.io.items import ItemRef
+
+    imgs = _images(4)
+    refs = []
+    for i, im in enumerate(imgs):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(im).save(p)
+        refs.append(ItemRef(id=p.name, source=str(p)))
+    enc = create_encoder("fusion:tiny-a+tiny-b")
+    res = embed_refs(refs, enc, tmp_path / "work", batch_size=3, workers=0, progress=False)
+    assert res.vectors.shape == (4, 10)
+    assert np.allclose(res.vectors, enc.encode_images(imgs), atol=1e-5)
+
+
+def test_fusion_index_and_flip_recipe(tmp_path):
+    from radsearch.index import Index
+    from radsearch.io.items import ItemRef
+    from radsearch.recipe import Recipe
+
+    enc = create_encoder("fusion:tiny-a+tiny-b")
+    imgs = _images(4)
+    index = Index.create(tmp_path / "ix", "fusion:tiny-a+tiny-b")
+    index.add([ItemRef(str(i), str(i)) for i in range(4)], enc.encode_images(imgs))
+    index.set_recipe(Recipe({"flip": True}))
+    index.save()
+    index = Index.open(tmp_path / "ix")
+    assert type(index.encoder()).__name__ == "FusionEncoder"
+    q = index.recipe.encode_queries(index.encoder(), [imgs[0][:, ::-1]])
+    q2 = index.recipe.encode_queries(index.encoder(), [imgs[0]])
+    assert np.allclose(q, q2, atol=1e-5)
+    from radsearch.search import knn_rows
+
+    hits = index.search([imgs[1]], k=2)[0].hits
+    _, rows = knn_rows(index, index.recipe.encode_queries(index.encoder(), [imgs[1]]), 2)
+    assert [h.id for h in hits] == [str(r) for r in rows[0]]
+
+
+def test_named_offline_fusions_registered():
+    cfg = get_config("lite0+lite2")
+    assert cfg.family == "fusion" and cfg.dim == 2560
+    assert [m["name"] for m in cfg.extra["members"]] == ["efficientnet-lite0", "efficientnet-lite2"]
