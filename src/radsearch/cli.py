@@ -67,7 +67,17 @@ def refs_from_args(args) -> list:
 def cmd_index(args) -> int:
     from radsearch.pipeline import build_index
 
-    refs = refs_from_args(args)
+    if str(args.source).startswith("dicomweb:"):
+        from radsearch.io.dicomweb import refs_for_index
+        from radsearch.io.sources import parse_where
+
+        refs = refs_for_index(
+            args.source, args.out, model=args.model, user=args.dicomweb_user,
+            password=args.dicomweb_password, token=args.dicomweb_token,
+            where=parse_where(args.source_where) or None,
+        )
+    else:
+        refs = refs_from_args(args)
     if not refs:
         raise RadsearchError(f"{args.source}: no images found")
     report = build_index(
@@ -101,15 +111,12 @@ def cmd_search(args) -> int:
 
     index = Index.open(args.index)
     index.check_model(args.model)
-    if bool(args.queries) == bool(args.text):
-        raise RadsearchError("give query images or --text, not both (and not neither)")
     results = index.search(
-        args.queries or None,
+        args.queries,
         k=args.k,
         where=parse_where(args.where) or None,
         one_per_patient=args.one_per_patient,
         suggest=args.suggest,
-        text=args.text or None,
     )
     if args.json:
         print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
@@ -186,13 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_source_args(p)
+    g = p.add_argument_group("PACS (dicomweb:URL sources)")
+    g.add_argument("--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)")
+    g.add_argument("--dicomweb-password",
+                   help="HTTP basic auth password (default: $RADSEARCH_DICOMWEB_PASSWORD)")
+    g.add_argument("--dicomweb-token", help="bearer token (default: $RADSEARCH_DICOMWEB_TOKEN)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="find the indexed images most similar to query images")
     p.add_argument("index", help="index directory")
-    p.add_argument("queries", nargs="*", help="query image files (PNG, JPEG, DICOM, NIfTI)")
-    p.add_argument("--text", action="append", default=[], metavar="TEXT",
-                   help="text query for CLIP-family encoders, e.g. 'pleural effusion' (repeatable)")
+    p.add_argument("queries", nargs="+", help="query image files (PNG, JPEG, DICOM, NIfTI)")
     p.add_argument("-k", type=int, default=10, help="hits per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",

@@ -1,0 +1,201 @@
+"""Load test for ``radsearch serve``: N concurrent clients for a fixed time.
+
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000 [--clients 50] [--duration 20]
+    python benchmarks/serve_load.py --index DIR        # starts (and stops) a server itself
+
+Each client (a thread with its own HTTP connection) posts query images to
+``/api/search`` (or GETs ``--endpoint health|info|image``) back to back until the time
+is up. Prints requests/s, latency p50/p95/p99/max and the error count (any non-200
+answer or transport error). Query images: ``--image`` files, else a few RadBench test
+images from ../shared/radbench, else a synthetic pattern.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RADBENCH = REPO.parent / "shared" / "radbench"
+
+
+def default_images(n: int = 8) -> list[tuple[str, bytes]]:
+    csv_path = RADBENCH / "radbench.csv"
+    if csv_path.exists():
+        with open(csv_path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("split") == "test"]
+        step = max(1, len(rows) // n)
+        picked = rows[::step][:n]
+        return [(Path(r["filepath"]).name, (RADBENCH / r["filepath"]).read_bytes()) for r in picked]
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:224, 0:224] / 224
+    img = (0.5 + 0.5 * np.sin(2 * np.pi * 6 * np.hypot(xx - 0.5, yy - 0.5))) * 255
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
+    return [("rings.png", buf.getvalue())]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(index: str, token: str | None, threads: int | None) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "radsearch.cli", "serve", index, "--port", str(port),
+           "--log-level", "warning"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = dict(os.environ)
+    if token:
+        env["RADSEARCH_TOKEN"] = token
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/api/health", headers=headers, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit("server did not become ready in 120 s")
+
+
+def run_load(url: str, clients: int, duration: float, images, *, k: int = 10,
+             endpoint: str = "search", token: str | None = None, warmup: float = 2.0) -> dict:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    image_id = None
+    if endpoint == "image":
+        res = httpx.post(url + "/api/search", headers=headers, timeout=120,
+                         files={"file": images[0]}, data={"k": "1"}).json()
+        image_id = res["hits"][0]["id"]
+
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[list[str]] = [[] for _ in range(clients)]
+    start = threading.Barrier(clients + 1)
+    window = {}
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
+            start.wait()
+            i = n
+            while True:
+                now = time.perf_counter()
+                if now >= window["end"]:
+                    return
+                name, data = images[i % len(images)]
+                i += 1
+                t0 = time.perf_counter()
+                try:
+                    if endpoint == "search":
+                        r = http.post("/api/search", files={"file": (name, data)}, data={"k": str(k)})
+                    elif endpoint == "image":
+                        from urllib.parse import quote
+
+                        r = http.get(f"/api/items/{quote(image_id, safe='')}/image", params={"size": 256})
+                    else:
+                        r = http.get(f"/api/{endpoint}")
+                    ok = r.status_code == 200
+                    why = None if ok else f"HTTP {r.status_code}: {r.text[:120]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                t1 = time.perf_counter()
+                if t0 >= window["measure"]:  # requests started during warm-up are not counted
+                    if ok:
+                        latencies[n].append(t1 - t0)
+                    else:
+                        errors[n].append(why)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for t in threads:
+        t.start()
+    t_start = time.perf_counter()
+    window["measure"] = t_start + warmup
+    window["end"] = t_start + warmup + duration
+    start.wait()
+    for t in threads:
+        t.join()
+    t_stop = time.perf_counter()
+    lat = np.asarray([x for per in latencies for x in per]) * 1000
+    errs = [e for per in errors for e in per]
+    elapsed = t_stop - window["measure"]  # includes draining requests in flight at the end
+    pct = (lambda q: round(float(np.percentile(lat, q)), 1)) if lat.size else (lambda q: None)
+    return {
+        "url": url, "endpoint": endpoint, "clients": clients, "duration_s": round(elapsed, 1),
+        "requests": int(lat.size), "requests_per_s": round(lat.size / elapsed, 2),
+        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "max_ms": round(float(lat.max()), 1) if lat.size else None,
+        "errors": len(errs), "error_examples": sorted(set(errs))[:5],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--index", help="start 'radsearch serve INDEX' on a free port for the run")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--duration", type=float, default=20, help="measured seconds (after warm-up)")
+    ap.add_argument("--warmup", type=float, default=2)
+    ap.add_argument("--endpoint", default="search", choices=["search", "health", "info", "image"])
+    ap.add_argument("--image", action="append", default=[], help="query image file (repeatable)")
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--token", default=os.environ.get("RADSEARCH_TOKEN"))
+    ap.add_argument("--server-threads", type=int, default=None,
+                    help="with --index: torch threads in the server")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = ap.parse_args(argv)
+
+    images = [(Path(p).name, Path(p).read_bytes()) for p in args.image] or default_images()
+    proc = None
+    url = args.url
+    if args.index:
+        proc, url = start_server(args.index, args.token, args.server_threads)
+    try:
+        result = run_load(url.rstrip("/"), args.clients, args.duration, images, k=args.k,
+                          endpoint=args.endpoint, token=args.token, warmup=args.warmup)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['endpoint']} at {result['url']}: {result['clients']} clients, "
+              f"{result['duration_s']} s, {len(images)} query image(s)")
+        print(f"  requests   {result['requests']}  ({result['requests_per_s']} req/s)")
+        print(f"  latency ms p50 {result['p50_ms']}  p95 {result['p95_ms']}  "
+              f"p99 {result['p99_ms']}  max {result['max_ms']}")
+        print(f"  errors     {result['errors']}")
+        for e in result["error_examples"]:
+            print(f"    {e}")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""A PACS as a source: walk studies/series/instances with QIDO-RS, fetch with WADO-RS.
+
+``iter_dicomweb("dicomweb:http://HOST:PORT/dicom-web")`` yields one ``ItemRef`` per
+image instance (one per frame for multi-frame instances) with ids made from the SOP
+Instance UID (``<sop>`` or ``<sop>#frame=N``), so re-running an index adds only new
+instances. Fetched instances are cached as ``.dcm`` files (``radsearch index`` keeps
+them in ``INDEX_DIR/dicomweb/``) which ``load_pixels`` reads and ``radsearch serve``
+renders; instances whose ids are already indexed are not fetched again.
+
+Each item carries ``study_uid``, ``series_uid``, ``sop_uid``, ``modality``,
+``body_part``, ``patient_id`` (stripped by ``serve`` unless ``--show-phi``),
+``number_of_frames``, ``pacs_url`` (the WADO-RS rendered URL) and, for Orthanc,
+``viewer_url`` (Orthanc Explorer's page for the instance). Credentials are never
+stored. Filters are applied on the client: this Orthanc does not decode percent-encoded
+QIDO wildcards, so no wildcard query is ever sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from radsearch.errors import SourceError
+from radsearch.io.items import ItemRef
+
+log = logging.getLogger(__name__)
+
+SCHEME = "dicomweb:"
+ENV_USER = "RADSEARCH_DICOMWEB_USER"
+ENV_PASSWORD = "RADSEARCH_DICOMWEB_PASSWORD"
+ENV_TOKEN = "RADSEARCH_DICOMWEB_TOKEN"
+ENV_CACHE = "RADSEARCH_DICOMWEB_CACHE"
+CACHE_DIRNAME = "dicomweb"
+# Modalities / SOP classes that hold no pixels worth indexing.
+NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "FID"})
+NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key objects
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA
+    "1.2.840.10008.5.1.4.1.1.481.",  # RT objects (dose, structures, plans)
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registration, segmentation
+)
+_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+_TAGS = {
+    "study_uid": "0020000D",
+    "series_uid": "0020000E",
+    "sop_uid": "00080018",
+    "sop_class": "00080016",
+    "modality": "00080060",
+    "body_part": "00180015",
+    "patient_id": "00100020",
+    "number_of_frames": "00280008",
+}
+FILTER_KEYS = ("modality", "body_part", "study_uid", "series_uid", "sop_uid", "patient_id")
+
+
+def is_dicomweb(spec) -> bool:
+    return str(spec).startswith(SCHEME)
+
+
+def parse_url(spec: str) -> str:
+    """``dicomweb:http://host:8042/dicom-web/`` -> ``http://host:8042/dicom-web``."""
+    url = str(spec)[len(SCHEME):] if is_dicomweb(spec) else str(spec)
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise SourceError(f"{spec}: expected dicomweb:http(s)://HOST[:PORT]/PATH")
+    if re.match(r"^https?://[^/@]*@", url):
+        raise SourceError(f"{spec}: put credentials in --dicomweb-user/--dicomweb-password, not the URL")
+    return url.rstrip("/")
+
+
+def _value(obj: Mapping, key: str) -> str:
+    """A QIDO JSON attribute (``{"vr":..., "Value": [...]}``) as text ('' when absent)."""
+    attr = obj.get(_TAGS[key]) or {}
+    values = attr.get("Value") or []
+    if not values:
+        return ""
+    v = values[0]
+    if isinstance(v, dict):  # person names
+        v = v.get("Alphabetic", "")
+    return str(v).strip()
+
+
+def make_session(user: str | None = None, password: str | None = None, token: str | None = None):
+    """A ``requests`` session with basic or bearer auth (defaults from the environment)."""
+    import requests
+
+    user = user if user is not None else os.environ.get(ENV_USER)
+    password = password if password is not None else os.environ.get(ENV_PASSWORD)
+    token = token if token is not None else os.environ.get(ENV_TOKEN)
+    session = requests.Session()
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    elif user:
+        session.auth = (user, password or "")
+    return session
+
+
+def orthanc_root(url: str, session) -> str | None:
+    """Orthanc's REST root when ``url`` is an Orthanc DICOMweb endpoint, else None."""
+    root = url.rsplit("/", 1)[0] if url.rsplit("/", 1)[-1] else url
+    try:
+        r = session.get(f"{root}/system", timeout=10)
+        if r.ok and "ApiVersion" in r.json() and "DicomAet" in r.json():
+            return root
+    except Exception:  # not Orthanc, or not reachable there: links fall back to WADO
+        pass
+    return None
+
+
+def orthanc_id(*uids: str) -> str:
+    """Orthanc's public id of a resource: SHA-1 of ``PatientID|Study|Series|SOP`` (prefix)."""
+    h = hashlib.sha1("|".join(uids).encode()).hexdigest()
+    return "-".join(h[i : i + 8] for i in range(0, 40, 8))
+
+
+def default_cache_dir(url: str) -> Path:
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    tag = hashlib.sha1(url.encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "radsearch" / CACHE_DIRNAME / tag
+
+
+def _safe(uid: str) -> str:
+    return uid if _UID.match(uid) else hashlib.sha1(uid.encode()).hexdigest()
+
+
+def _is_image(modality: str, sop_class: str) -> bool:
+    if modality.upper() in NON_IMAGE_MODALITIES:
+        return False
+    return not sop_class.startswith(NON_IMAGE_SOP_PREFIXES)
+
+
+def _matches(meta: Mapping, where: Mapping[str, frozenset], keys) -> bool:
+    return all(str(meta.get(k, "")) in allowed for k, allowed in where.items() if k in keys)
+
+
+def _fetch(client, study: str, series: str, sop: str, path: Path) -> str | None:
+    """Download one instance to ``path`` (atomically); returns an error text or None."""
+    try:
+        ds = client.retrieve_instance(study, series, sop)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+        return None
+    except Exception as exc:  # network, HTTP or DICOM errors: reported per item
+        return f"{type(exc).__name__}: {exc}"
+
+
+def iter_dicomweb(
+    spec: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    known_ids: set[str] | frozenset[str] = frozenset(),
+    where: Mapping | None = None,
+    timeout: float = 60,
+    client=None,
+) -> Iterator[ItemRef]:
+    """Every image instance (frame) of a DICOMweb server as an ``ItemRef``.
+
+    The server is queried when this is called (a wrong URL or password fails here);
+    instances are fetched lazily as items are yielded. ``known_ids``: ids already
+    indexed, yielded without fetching. ``where``: ``column -> value(s)`` on
+    ``FILTER_KEYS``, applied before fetching where the level allows.
+    """
+    url = parse_url(spec)
+    filters = {
+        str(k): frozenset(v.strip() for v in (str(val).split(",") if isinstance(val, str) else map(str, val)))
+        for k, val in (where or {}).items()
+    }
+    unknown = [k for k in filters if k not in FILTER_KEYS]
+    if unknown:
+        raise SourceError(f"{spec}: cannot filter on {unknown[0]!r}; available: {', '.join(FILTER_KEYS)}")
+    session = make_session(user, password, token)
+    if client is None:
+        from dicomweb_client.api import DICOMwebClient
+
+        client = DICOMwebClient(url=url, session=session, timeout=timeout)
+    try:
+        studies = client.search_for_studies(fields=["PatientID"], get_remaining=True)
+    except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = " (check --dicomweb-user/--dicomweb-password or --dicomweb-token)" if status in (401, 403) else ""
+        raise SourceError(f"{url}: QIDO-RS study search failed ({type(exc).__name__}: {exc}){hint}") from None
+    root = orthanc_root(url, session)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(url)
+
+    def generate() -> Iterator[ItemRef]:
+        for st in studies:
+            study = _value(st, "study_uid")
+            if not study or not _matches({"study_uid": study, "patient_id": _value(st, "patient_id")},
+                                         filters, ("study_uid", "patient_id")):
+                continue
+            patient = _value(st, "patient_id")
+            try:
+                series_list = client.search_for_series(
+                    study, fields=["Modality", "BodyPartExamined"], get_remaining=True
+                )
+            except Exception as exc:
+                log.warning("%s: series search of study %s failed: %s", url, study, exc)
+                continue
+            for se in series_list:
+                series = _value(se, "series_uid")
+                modality, body_part = _value(se, "modality"), _value(se, "body_part")
+                base = {"study_uid": study, "series_uid": series, "modality": modality,
+                        "body_part": body_part, "patient_id": patient}
+                if not series or not _matches(base, filters, ("series_uid", "modality", "body_part")):
+                    continue
+                if modality.upper() in NON_IMAGE_MODALITIES:
+                    continue
+                try:
+                    instances = client.search_for_instances(
+                        study, series, fields=["NumberOfFrames", "SOPClassUID"], get_remaining=True
+                    )
+                except Exception as exc:
+                    log.warning("%s: instance search of series %s failed: %s", url, series, exc)
+                    continue
+                for inst in instances:
+                    sop = _value(inst, "sop_uid")
+                    if not sop or not _is_image(modality, _value(inst, "sop_class")):
+                        continue
+                    meta = dict(base, sop_uid=sop)
+                    if not _matches(meta, filters, ("sop_uid",)):
+                        continue
+                    yield from _refs(client, meta, _value(inst, "number_of_frames"))
+
+    def _refs(client, meta: dict, frames_text: str) -> Iterator[ItemRef]:
+        from radsearch.io.dicom import metadata_from_header, read_dicom_header
+
+        study, series, sop = meta["study_uid"], meta["series_uid"], meta["sop_uid"]
+        path = cache / _safe(study) / _safe(series) / f"{_safe(sop)}.dcm"
+        try:
+            frames = max(1, int(float(frames_text or 1)))
+        except ValueError:
+            frames = 1
+        ids = [sop] if frames == 1 else [f"{sop}#frame={n}" for n in range(frames)]
+        if not (set(ids) <= set(known_ids)) and not path.exists():
+            err = _fetch(client, study, series, sop, path)
+            if err:
+                log.warning("%s: WADO-RS retrieve of %s failed: %s", url, sop, err)
+        if path.exists():
+            try:
+                header = metadata_from_header(read_dicom_header(path))
+            except Exception:
+                header = {}
+            for key in ("modality", "body_part", "patient_id"):
+                if not meta.get(key) and header.get(key):
+                    meta[key] = str(header[key])
+            if header.get("number_of_frames") and int(header["number_of_frames"]) != frames:
+                frames = int(header["number_of_frames"])
+                ids = [sop] if frames == 1 else [f"{sop}#frame={n}" for n in range(frames)]
+            if header and not _matches(meta, filters, ("modality", "body_part")):
+                return
+        meta["number_of_frames"] = str(frames)
+        instance_url = f"{url}/studies/{study}/series/{series}/instances/{sop}"
+        for n, item_id in enumerate(ids):
+            m = dict(meta)
+            m["pacs_url"] = (f"{instance_url}/frames/{n + 1}/rendered" if frames > 1
+                             else f"{instance_url}/rendered")
+            if root:
+                m["viewer_url"] = (f"{root}/app/explorer.html#instance?uuid="
+                                   f"{orthanc_id(meta['patient_id'], study, series, sop)}")
+            yield ItemRef(item_id, str(path), n if frames > 1 else None, m)
+
+    return generate()
+
+
+def refs_for_index(
+    spec: str,
+    out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    where: Mapping | None = None,
+) -> list[ItemRef]:
+    """The refs ``radsearch index dicomweb:URL --out DIR`` embeds: instances cached in
+    ``DIR/dicomweb/``, already-indexed ids not fetched again. Creates the (empty)
+    index first so the cache can live inside it."""
+    from radsearch.pipeline import open_or_create
+
+    index = open_or_create(out, model)
+    if not (Path(out) / "manifest.json").exists():
+        index.save()
+    return list(
+        iter_dicomweb(
+            spec, user=user, password=password, token=token,
+            cache_dir=Path(out) / CACHE_DIRNAME, known_ids=index.ids, where=where,
+        )
+    )

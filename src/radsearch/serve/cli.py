@@ -1,0 +1,69 @@
+"""``radsearch serve INDEX_DIR``: the HTTP API and web UI under uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+from radsearch.errors import RadsearchError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def register(subparsers) -> None:
+    from radsearch.serve.app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+
+    p = subparsers.add_parser("serve", help="HTTP API and web UI for an index")
+    p.add_argument("index", help="index directory")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--token", default=os.environ.get("RADSEARCH_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' on every /api call "
+                        "(default: $RADSEARCH_TOKEN)")
+    p.add_argument("--show-phi", action="store_true",
+                   help="return patient name, id and birth date (stripped by default)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+                   help="largest accepted upload in MiB (larger: 413)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest accepted query image in pixels (larger: 422)")
+    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help="largest k a client may ask for")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow cross-origin calls from ORIGIN (repeatable; default: none)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the query encoder")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for query encoding (default: torch's)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise RadsearchError("serve needs FastAPI and uvicorn: pip install 'radsearch[serve]'") from None
+    from radsearch.serve.app import create_app
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        print(f"radsearch: warning: serving on {args.host} without --token: anyone who can "
+              "reach this address can search the index")
+    app = create_app(
+        args.index,
+        token=args.token or None,
+        show_phi=args.show_phi,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        max_k=args.max_k,
+        cors_origins=args.cors_origin or None,
+        device=args.device,
+    )
+    idx = app.state.index
+    print(f"radsearch: serving {idx.path} ({idx.count} items, encoder {idx.encoder_name}) "
+          f"on http://{args.host}:{args.port}/" + (" (token required)" if args.token else ""))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                server_header=False, proxy_headers=False)
+    return 0
