@@ -111,12 +111,15 @@ def cmd_search(args) -> int:
 
     index = Index.open(args.index)
     index.check_model(args.model)
+    if bool(args.queries) == bool(args.text):
+        raise RadsearchError("give query images or --text, not both (and not neither)")
     results = index.search(
-        args.queries,
+        args.queries or None,
         k=args.k,
         where=parse_where(args.where) or None,
         one_per_patient=args.one_per_patient,
         suggest=args.suggest,
+        text=args.text or None,
     )
     if args.json:
         print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
@@ -202,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="find the indexed images most similar to query images")
     p.add_argument("index", help="index directory")
-    p.add_argument("queries", nargs="+", help="query image files (PNG, JPEG, DICOM, NIfTI)")
+    p.add_argument("queries", nargs="*", help="query image files (PNG, JPEG, DICOM, NIfTI)")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT",
+                   help="text query for CLIP-family encoders, e.g. 'pleural effusion' (repeatable)")
     p.add_argument("-k", type=int, default=10, help="hits per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
