@@ -266,5 +266,11 @@ def test_wrong_credentials_fail_with_a_hint(orthanc, tmp_path):
     with pytest.raises(SourceError, match="dicomweb-password"):
         iter_dicomweb(f"dicomweb:{orthanc}/dicom-web", user=USER, password="nope",
                       cache_dir=tmp_path)
+    from radsearch.cli import main
+
+    out = tmp_path / "never"
+    assert main(["index", f"dicomweb:{orthanc}/dicom-web", "--out", str(out),
+                 "--dicomweb-user", USER, "--dicomweb-password", "nope"]) == 1
+    assert not out.exists()  # no empty index left behind
     with pytest.raises(SourceError, match="expected dicomweb:http"):
         iter_dicomweb("dicomweb:ftp://x", cache_dir=tmp_path)

@@ -43,7 +43,8 @@ def ui_index(tmp_path_factory):
     def meta(kind, n):
         modality, anatomy = organ[kind]
         return {"label": f"{modality.lower()}_{anatomy}/{kind}", "modality": modality,
-                "anatomy": anatomy, "patient_id": f"P{n}", "group_id": f"{kind}-{n // 2}"}
+                "anatomy": anatomy, "patient_id": f"P{n}", "group_id": f"{kind}-{n // 2}",
+                "viewer_url": f"http://pacs.example/app/explorer.html#instance?uuid={kind}-{n}"}
 
     root = tmp_path_factory.mktemp("ui")
     out = pattern_index(root, meta, size=128)
@@ -120,6 +121,9 @@ def test_upload_shows_k_hits_with_labels(ui_index, browser):
         assert page.inner_text("#suggestion-value") == "mr_brain/rings"
         assert "MR · brain" in hits.first.inner_text()
         assert "patient" not in hits.first.inner_text()  # PHI is not served by default
+        link = hits.first.locator("a.pacs")
+        assert link.inner_text() == "open in PACS viewer"
+        assert link.get_attribute("href").startswith("http://pacs.example/app/explorer.html#instance")
         assert page.get_attribute("#query-img", "src").startswith(("blob:", "data:"))
         _wait_thumbs(page)
         page.screenshot(path=str(ARTIFACTS / "ui-search.png"), full_page=True)
@@ -152,6 +156,9 @@ def test_keyboard_only(ui_index, browser):
     query = ui_index.parent / "query-stripes.png"
     with _Server(create_app(ui_index)) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        # listen before loading: file-chooser interception set up later races the key press
+        choosers = []
+        page.on("filechooser", lambda chooser: choosers.append(chooser))
         page.goto(url + "/")
         page.wait_for_function("document.querySelectorAll('#filter-controls select').length >= 2")
         # Tab from the top of the page to the drop zone, open the file picker with Enter
@@ -160,13 +167,18 @@ def test_keyboard_only(ui_index, browser):
             if page.evaluate("document.activeElement.id") == "drop":
                 break
         assert page.evaluate("document.activeElement.id") == "drop"
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Enter")
-        chooser.value.set_files(str(query))
+        page.keyboard.press("Enter")
+        deadline = time.monotonic() + 20
+        while not choosers and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert choosers, "Enter on the drop zone did not open the file picker"
+        choosers[0].set_files(str(query))
         page.wait_for_function("document.querySelectorAll('#grid li.hit').length === 10", timeout=60_000)
         _wait_thumbs(page)
         # Tab reaches the hits; Enter enlarges, Escape closes and gives focus back
         page.focus("#grid li.hit")
+        page.keyboard.press("Tab")  # the hit's own PACS link, then the next hit
+        assert page.evaluate("document.activeElement.className") == "pacs"
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.dataset.id") is not None
         focused = page.evaluate("document.activeElement.dataset.id")

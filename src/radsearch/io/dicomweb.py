@@ -283,16 +283,15 @@ def refs_for_index(
     where: Mapping | None = None,
 ) -> list[ItemRef]:
     """The refs ``radsearch index dicomweb:URL --out DIR`` embeds: instances cached in
-    ``DIR/dicomweb/``, already-indexed ids not fetched again. Creates the (empty)
-    index first so the cache can live inside it."""
+    ``DIR/dicomweb/``, already-indexed ids not fetched again. Saves the (empty) index
+    before fetching so that the cache can live inside it."""
     from radsearch.pipeline import open_or_create
 
-    index = open_or_create(out, model)
+    index = open_or_create(out, model)  # refuses a folder that is not an index
+    refs = iter_dicomweb(  # queries the server now: a bad URL or password leaves no index
+        spec, user=user, password=password, token=token,
+        cache_dir=Path(out) / CACHE_DIRNAME, known_ids=index.ids, where=where,
+    )
     if not (Path(out) / "manifest.json").exists():
         index.save()
-    return list(
-        iter_dicomweb(
-            spec, user=user, password=password, token=token,
-            cache_dir=Path(out) / CACHE_DIRNAME, known_ids=index.ids, where=where,
-        )
-    )
+    return list(refs)
