@@ -111,3 +111,47 @@ def test_named_offline_fusions_registered():
     cfg = get_config("lite0+lite2")
     assert cfg.family == "fusion" and cfg.dim == 2560
     assert [m["name"] for m in cfg.extra["members"]] == ["efficientnet-lite0", "efficientnet-lite2"]
+
+
+# -- EfficientNet feature variants (taps, pooling, scales, flip) -------------------------
+def test_efficientnet_default_config_unchanged_and_variants_hash():
+    base = get_config("efficientnet-lite0")
+    assert base.hash == "bdcf82b5b4477e4a"  # existing indexes and caches stay valid
+    mid = get_config("efficientnet-lite0-mid")
+    assert mid.dim == 80 + 112 + 192 and mid.hash != base.hash
+    from radsearch.encoders.efficientnet import efficientnet_variant
+
+    v = efficientnet_variant("efficientnet-lite0", "x", taps=["b10:grid2", "head:gem"], scales=[224, 288], flip=True)
+    assert v.dim == 112 * 4 + 1280 and v.input_size == 288
+    assert v.hash != efficientnet_variant("efficientnet-lite0", "x", taps=["b10:grid2", "head:gem"]).hash
+    with pytest.raises(EncoderError):
+        efficientnet_variant("efficientnet-lite0", "x", taps=["b99:avg"])
+
+
+def test_efficientnet_variant_features_match_their_definition():
+    from radsearch.encoders import weights_available
+
+    if not weights_available(get_config("efficientnet-lite0")):
+        pytest.skip("efficientnet-lite0 weights package not installed")
+    from radsearch.encoders.efficientnet import efficientnet_variant, parse_taps
+
+    cfg = efficientnet_variant(
+        "efficientnet-lite0", "t", taps=["b10:avg", "head:gem"], tap_weights=[2.0, 1.0], flip=True
+    ).replace(input_size=64)
+    enc = create_encoder(cfg)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    v = enc.encode(x.numpy())
+    assert v.shape == (2, cfg.dim)
+    with torch.inference_mode():
+        raw = [(a + b) / 2 for a, b in zip(enc.module.raw(x, parse_taps(cfg), [64]),
+                                           enc.module.raw(x.flip(-1), parse_taps(cfg), [64]), strict=True)]
+    parts = [w * torch.nn.functional.normalize(r, dim=-1) for r, w in zip(raw, (2.0, 1.0), strict=True)]
+    expect = torch.nn.functional.normalize(torch.cat(parts, -1), dim=-1).numpy()
+    assert np.allclose(v, expect, atol=1e-4)
+    # flip is built in: the mirrored image gives the same vector
+    assert np.allclose(enc.encode(x.flip(-1).numpy()), v, atol=1e-4)
+    # the plain config still equals the library's pooled head features
+    plain = create_encoder(get_config("efficientnet-lite0").replace(input_size=64))
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(plain.module.net.extract_features(x).mean((2, 3)), dim=-1).numpy()
+    assert np.allclose(plain.encode(x.numpy()), ref, atol=1e-5)

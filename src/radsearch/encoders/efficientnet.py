@@ -90,6 +90,23 @@ def efficientnet_variant(
     return cfg.replace(dim=dim)
 
 
+# Named feature variants (docs/recipes.md): intermediate layers are what separates
+# fine-grained findings (e.g. knee KL grades) better than the pooled head.
+VARIANTS = {
+    "efficientnet-lite0-mid": dict(
+        base="efficientnet-lite0",
+        taps=["b7:avg", "b10:avg", "b14:avg"],
+        description="EfficientNet-Lite0, average-pooled blocks 7, 10 and 14 (80+112+192 ch), "
+        "each L2-normalised (offline; radsearch recipes)",
+    ),
+    "efficientnet-lite0-gem": dict(
+        base="efficientnet-lite0",
+        taps=["head:gem"],
+        description="EfficientNet-Lite0 head features, generalised-mean pooled (p=3) (offline)",
+    ),
+}
+
+
 def _weights_file(cfg: EncoderConfig) -> str | None:
     pkg, cls, _ = _WEIGHT_PACKAGES[cfg.model_id]
     try:
@@ -213,6 +230,11 @@ class EfficientNetLiteFeatures:
                 )
 
         return _Module()
+
+
+for _name, _spec in VARIANTS.items():
+    _spec = dict(_spec)
+    register_encoder(efficientnet_variant(_spec.pop("base"), _name, **_spec))
 
 
 @register_family("efficientnet-lite", available=_available)
