@@ -329,3 +329,49 @@ def test_tune_picks_a_recipe_on_val_only():
     assert trials[0]["steps"] == {}
     assert recipe is not None and best["p@1_macro"] > plain["p@1_macro"]
     assert best["p@1_macro"] == max(t["p@1_macro"] for t in trials)
+
+
+def test_tune_cli_writes_recipe_and_refuses_test(tmp_path, capsys):
+    import csv
+
+    from radsearch.cli import main
+    from radsearch.encoders import EncoderConfig
+    from radsearch.index import Index
+    from radsearch.io.items import ItemRef
+
+    rng = np.random.default_rng(0)
+    d = 16
+    centres = rng.standard_normal((3, d)) * 2
+    rows, ids, vecs = [], [], []
+    for i in range(150):
+        lab = i % 3
+        split = "train" if i < 100 else ("val" if i < 130 else "test")
+        ids.append(f"img{i}.png")
+        vecs.append(centres[lab] + rng.standard_normal(d) * np.linspace(3, 0.2, d))
+        rows.append({"filepath": ids[-1], "label": f"c{lab}", "split": split})
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["filepath", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    vecs = _unit(np.asarray(vecs))
+    np.savez(tmp_path / "e.npz", emb=vecs, filepath=np.asarray(ids))
+    from radsearch.io.sources import iter_source
+
+    refs = list(iter_source(tmp_path / "m.csv"))
+    np.savez(tmp_path / "e.npz", emb=vecs, filepath=np.asarray([r.id for r in refs]))
+    cfg = EncoderConfig(name="vec16", family="vectors", model_id="vec16", dim=d)
+    ix = Index.create(tmp_path / "ix", cfg)
+    ix.add([ItemRef(r.id, r.source) for r in refs[:100]], vecs[:100])
+    ix.save()
+    out = tmp_path / "best.json"
+    argv = ["tune", str(tmp_path / "m.csv"), "--embeddings", str(tmp_path / "e.npz"), "--grid", "quick",
+            "--out", str(out), "--quiet", "--apply", str(tmp_path / "ix")]
+    assert main(argv) == 0
+    spec = json.loads(out.read_text())
+    assert spec["chosen_on"]["val_split"] == "val" and spec["chosen_on"]["queries"] == 30
+    assert spec["trials"][0]["steps"] == {}
+    assert Index.open(tmp_path / "ix").manifest["recipe"]["steps"] == spec["steps"]
+    assert load_recipe(str(out)).steps == spec["steps"]
+    assert main(["tune", str(tmp_path / "m.csv"), "--embeddings", str(tmp_path / "e.npz"),
+                 "--val-split", "test", "--out", str(out)]) == 1
+    assert "test split" in capsys.readouterr().err

@@ -260,6 +260,15 @@ def cmd_tune(args) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
+    if args.apply:
+        from radsearch.index import Index
+
+        target = Index.open(args.apply)
+        if args.model and not args.embeddings:
+            target.check_model(args.model)
+        target.set_recipe(recipe)  # fitted on that index's own embeddings
+        target.save()
+        print(f"attached the recipe to {target.path} ({target.count} items)", file=sys.stderr)
     desc = recipe.describe() if recipe else "none (plain cosine kNN was best)"
     print(
         f"best recipe on {args.val_split}: {desc}\n"
@@ -288,6 +297,8 @@ def register(subparsers) -> None:
     p.add_argument("--work", help="embedding checkpoint folder (default: next to --out)")
     p.add_argument("--grid", choices=sorted(GRIDS), default="default")
     p.add_argument("--out", default="recipe.json", help="where to write the best recipe")
+    p.add_argument("--apply", metavar="INDEX_DIR",
+                   help="also attach the best recipe to this index (fitted on its own vectors)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--i-know-this-is-test", action="store_true", help=argparse_suppress())
