@@ -80,6 +80,10 @@ def cmd_index(args) -> int:
         refs = refs_from_args(args)
     if not refs:
         raise RadsearchError(f"{args.source}: no images found")
+    if args.runtime:
+        import os
+
+        os.environ["RADSEARCH_RUNTIME"] = args.runtime
     report = build_index(
         refs,
         args.out,
@@ -89,6 +93,9 @@ def cmd_index(args) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
+        store=store_spec(args),
+        engine=args.engine,
+        engine_options={"address": args.ray_address} if args.engine == "ray" else None,
     )
     idx = report.index
     print(
@@ -96,6 +103,8 @@ def cmd_index(args) -> int:
         f"({idx.count} total, encoder {idx.encoder_name}, dim {idx.dim}); "
         f"{report.skipped_existing} already present; {len(report.failures)} failed"
     )
+    if report.recall_at_10 is not None and hasattr(idx.store, "describe"):
+        print(f"  {idx.store.describe()}")
     for rec in report.failures[:20]:
         print(f"  failed: {rec['source']}: {rec['reason']}", file=sys.stderr)
     if len(report.failures) > 20:
@@ -105,12 +114,37 @@ def cmd_index(args) -> int:
     return 0
 
 
+_MILVUS_TYPES = {"flat": "FLAT", "hnsw": "HNSW", "ivf-flat": "IVF_FLAT", "ivf-sq8": "IVF_SQ8"}
+
+
+def store_spec(args) -> dict:
+    """``--store``/``--index-type``/``--memory-budget`` -> the manifest's store spec."""
+    itype = args.index_type or "flat"
+    if args.store and args.store.startswith("milvus:"):
+        uri = args.store.split(":", 1)[1]
+        if itype not in _MILVUS_TYPES:
+            raise RadsearchError(
+                f"--index-type {itype} is not offered with Milvus (choose {', '.join(_MILVUS_TYPES)})"
+            )
+        return {"kind": "milvus", "uri": uri, "index_type": _MILVUS_TYPES[itype]}
+    if args.store not in (None, "faiss"):
+        raise RadsearchError(f"--store {args.store!r}: use faiss or milvus:<path or http://host:port>")
+    spec = {"kind": "faiss", "type": itype}
+    if args.memory_budget:
+        from radsearch.index.ann import parse_bytes
+
+        spec["memory_budget"] = parse_bytes(args.memory_budget)
+    return spec
+
+
 def cmd_search(args) -> int:
     from radsearch.index import Index
     from radsearch.io.sources import parse_where
 
     index = Index.open(args.index)
     index.check_model(args.model)
+    if (args.nprobe or args.ef_search) and hasattr(index.store, "set_search_params"):
+        index.store.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
     if bool(args.queries) == bool(args.text):
         raise RadsearchError("give query images or --text, not both (and not neither)")
     results = index.search(
@@ -195,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decode worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from radsearch.index.ann import TYPES
+
+    g = p.add_argument_group("scale (new indexes: store and index type)")
+    g.add_argument("--index-type", choices=TYPES, default=None,
+                   help="FAISS index type (default flat = exact); auto picks by size, dim, budget")
+    g.add_argument("--memory-budget", metavar="SIZE", help="RAM for the index with --index-type auto (e.g. 1G)")
+    g.add_argument("--store", metavar="faiss|milvus:URI",
+                   help="vector store: faiss (default) or milvus:<Milvus Lite path or http://host:port>")
+    g.add_argument("--engine", choices=["local", "ray"], default="local", help="extraction engine")
+    g.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: local Ray)")
+    g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
+                   help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
     _add_source_args(p)
     g = p.add_argument_group("PACS (dicomweb:URL sources)")
     g.add_argument("--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)")
@@ -215,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-per-patient", action="store_true", help="at most one hit per patient_id")
     p.add_argument("--suggest", default="label", help="metadata column for the majority vote")
     p.add_argument("--model", help="refuse unless the index was built with this encoder")
+    p.add_argument("--nprobe", type=int, help="IVF indexes: lists probed (recall vs speed)")
+    p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")

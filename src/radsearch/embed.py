@@ -1,7 +1,9 @@
 """Batched, resumable embedding extraction: ItemRefs -> L2-normalised float32 vectors.
 
-Decoding and preprocessing run in worker processes (a torch DataLoader) overlapping
-with inference. Results are flushed to ``work_dir`` in shards written atomically
+Decoding, resizing and batch stacking run in worker processes (a torch DataLoader)
+overlapping with inference in this process (``inference_mode``; threads fitted to the
+idle cores; the ``auto`` runtime of ``radsearch.encoders.accel``: ONNX Runtime for the
+offline CNNs when it is faithful and faster, channels-last torch otherwise). Results are flushed to ``work_dir`` in shards written atomically
 (temp file + ``os.replace``); a re-run skips ids already in a shard and ends with the
 same vectors in the same order. Unreadable files are recorded in ``failures.jsonl``
 with their reason and the run goes on.
@@ -84,25 +86,14 @@ def _load_done(work_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
 
 
 def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    """Decode processes: one core is left to inference (2 cores -> 1 worker)."""
+    from radsearch.encoders.accel import cpu_threads
+
+    return max(1, min(4, cpu_threads() - 1))
 
 
-def embed_refs(
-    refs: Sequence[ItemRef],
-    encoder: Encoder,
-    work_dir: str | Path,
-    *,
-    batch_size: int = 32,
-    workers: int | None = None,
-    shard_size: int = 2048,
-    progress: bool = True,
-    desc: str = "embedding",
-) -> EmbedResult:
-    """Embed ``refs`` with ``encoder``, resuming from shards already in ``work_dir``."""
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
+def prepare_work_dir(work_dir: str | Path, encoder: Encoder) -> Path:
+    """Create ``work_dir`` stamped with the encoder; refuse one holding another's vectors."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp = work_dir / "encoder.json"
@@ -115,12 +106,78 @@ def embed_refs(
             )
     else:
         stamp.write_text(json.dumps({"name": encoder.config.name, "hash": encoder.config.hash}))
+    return work_dir
 
-    done, failed = _load_done(work_dir)
-    pending = [r for r in refs if r.id not in done and r.id not in failed]
-    workers = default_workers() if workers is None else workers
-    n_shards = len(list(work_dir.glob(SHARD_GLOB)))
 
+class ShardWriter:
+    """Buffers vectors and flushes them as atomic shards; appends failures as they come.
+
+    Shared by the local and the Ray engine, so both leave the same files behind.
+    """
+
+    def __init__(self, work_dir: Path, shard_size: int = 2048):
+        self.work_dir = work_dir
+        self.shard_size = shard_size
+        self.done, self.failed = _load_done(work_dir)
+        self.n_shards = len(list(work_dir.glob(SHARD_GLOB)))
+        self.ids: list[str] = []
+        self.vecs: list[np.ndarray] = []
+        self._ffh = None
+
+    def pending(self, refs: Sequence[ItemRef]) -> list[ItemRef]:
+        return [r for r in refs if r.id not in self.done and r.id not in self.failed]
+
+    def fail(self, ref: ItemRef, reason: str) -> None:
+        rec = {"id": ref.id, "source": ref.source, "reason": reason}
+        self.failed[ref.id] = rec
+        if self._ffh is None:
+            self._ffh = open(self.work_dir / "failures.jsonl", "a")
+        self._ffh.write(json.dumps(rec) + "\n")
+        self._ffh.flush()
+
+    def put(self, ids: list[str], vecs: np.ndarray) -> None:
+        self.ids.extend(ids)
+        self.vecs.append(np.asarray(vecs, np.float32))
+        if len(self.ids) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        vecs = np.concatenate(self.vecs).astype(np.float32)
+        _atomic_save_npz(
+            self.work_dir / f"shard-{self.n_shards:05d}.npz", ids=np.asarray(self.ids), vectors=vecs
+        )
+        for i, v in zip(self.ids, vecs, strict=True):
+            self.done[i] = v
+        self.n_shards += 1
+        self.ids.clear()
+        self.vecs.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._ffh is not None:
+            self._ffh.close()
+            self._ffh = None
+
+    def result(self, refs: Sequence[ItemRef], dim: int) -> EmbedResult:
+        kept = [r for r in refs if r.id in self.done]
+        vectors = (
+            np.stack([self.done[r.id] for r in kept]).astype(np.float32)
+            if kept
+            else np.zeros((0, dim), np.float32)
+        )
+        failures = [self.failed[r.id] for r in refs if r.id in self.failed]
+        return EmbedResult(kept, vectors, failures)
+
+
+def start_run(refs, encoder: Encoder, work_dir, shard_size: int, progress: bool, desc: str):
+    """What both engines do first: the stamped work dir, its writer, the pending refs
+    and a progress bar starting at what is already done."""
+    from tqdm import tqdm
+
+    writer = ShardWriter(prepare_work_dir(work_dir, encoder), shard_size)
+    pending = writer.pending(refs)
     bar = tqdm(
         total=len(refs),
         initial=len(refs) - len(pending),
@@ -130,57 +187,69 @@ def embed_refs(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    buf_ids: list[str] = []
-    buf_vecs: list[np.ndarray] = []
+    return writer, pending, bar
 
-    def flush():
-        nonlocal n_shards
-        if not buf_ids:
-            return
-        vecs = np.concatenate(buf_vecs).astype(np.float32)
-        _atomic_save_npz(
-            work_dir / f"shard-{n_shards:05d}.npz", ids=np.asarray(buf_ids), vectors=vecs
-        )
-        for i, v in zip(buf_ids, vecs, strict=True):
-            done[i] = v
-        n_shards += 1
-        buf_ids.clear()
-        buf_vecs.clear()
 
-    if pending:
-        loader = DataLoader(
-            _Decode(pending, encoder),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=False,
-        )
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        with open(work_dir / "failures.jsonl", "a") as ffh:
-            for batch in loader:
-                ok = [(i, x) for i, x, err in batch if err is None]
-                for i, _, err in batch:
-                    if err is not None:
-                        rec = {"id": pending[i].id, "source": pending[i].source, "reason": err}
-                        failed[rec["id"]] = rec
-                        ffh.write(json.dumps(rec) + "\n")
-                        ffh.flush()
-                if ok:
-                    vecs = encoder.encode(encoder.collate([x for _, x in ok]))
-                    buf_ids.extend(pending[i].id for i, _ in ok)
-                    buf_vecs.append(vecs)
-                bar.update(len(batch))
-                if len(buf_ids) >= shard_size:
-                    flush()
-        flush()
-    bar.close()
+class _Collate:
+    """Runs in the decode worker: stacks a batch into one array, so the main process
+    receives one contiguous buffer per batch (numpy, pickled through the pipe: no
+    /dev/shm, which containers often keep small)."""
 
-    kept = [r for r in refs if r.id in done]
-    vectors = (
-        np.stack([done[r.id] for r in kept]).astype(np.float32)
-        if kept
-        else np.zeros((0, encoder.dim), np.float32)
-    )
-    failures = [failed[r.id] for r in refs if r.id in failed]
-    return EmbedResult(kept, vectors, failures)
+    def __init__(self, encoder: Encoder):
+        self.collate = encoder.collate
+
+    def __call__(self, batch):
+        ok = [(i, x) for i, x, err in batch if err is None]
+        errors = [(i, err) for i, _, err in batch if err is not None]
+        if not ok:
+            return [], None, errors
+        return [i for i, _ in ok], self.collate([x for _, x in ok]), errors
+
+
+def embed_refs(
+    refs: Sequence[ItemRef],
+    encoder: Encoder,
+    work_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    shard_size: int = 2048,
+    progress: bool = True,
+    desc: str = "embedding",
+    runtime: str | None = None,
+) -> EmbedResult:
+    """Embed ``refs`` with ``encoder``, resuming from shards already in ``work_dir``.
+
+    ``runtime`` (``auto`` | ``torch`` | ``onnx``; default ``$RADSEARCH_RUNTIME`` or
+    ``auto``) picks the inference runtime (see ``radsearch.encoders.accel``).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from radsearch.encoders.accel import accelerate, inference_threads
+
+    writer, pending, bar = start_run(refs, encoder, work_dir, shard_size, progress, desc)
+    workers = default_workers() if workers is None else workers
+    try:
+        if pending:
+            if len(pending) >= 2 * batch_size:  # worth a runtime check
+                accelerate(encoder, runtime)
+            torch.set_num_threads(inference_threads())
+            loader = DataLoader(
+                _Decode(pending, encoder),
+                batch_size=batch_size,
+                num_workers=workers,
+                collate_fn=_Collate(encoder),
+                prefetch_factor=4 if workers else None,
+                persistent_workers=False,
+            )
+            for idx, x, errors in loader:
+                for i, err in errors:
+                    writer.fail(pending[i], err)
+                if idx:
+                    writer.put([pending[i].id for i in idx], encoder.encode(x))
+                bar.update(len(idx) + len(errors))
+    finally:
+        writer.close()
+        bar.close()
+    return writer.result(refs, encoder.dim)

@@ -1,0 +1,223 @@
+"""Faster runtimes for the offline CNN encoders, used only when they are faithful.
+
+``accelerate(encoder, runtime)`` swaps ``encoder.module`` for an equivalent module:
+
+- ``torch``: the eager module in channels-last memory format (oneDNN's fast path).
+- ``onnx``: the module exported to ONNX and run by ONNX Runtime (CPU), with threads
+  set to the cores this process may use. Picklable (the model travels as bytes), so
+  Ray actors can receive it.
+- ``auto`` (default for the pipeline): ``onnx`` when onnxruntime is installed, the
+  encoder is a CNN family, the device is the CPU, its embeddings match the eager
+  module's within ``1e-3`` cosine on a probe batch *and* it is faster on that batch;
+  otherwise ``torch``.
+
+The encoder's config (and its hash in index manifests) is unchanged: the vectors are
+the same within the tolerance. ``encoder.runtime_info`` records what was chosen.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import warnings
+
+import numpy as np
+
+from radsearch.errors import EncoderError
+
+RUNTIMES = ("auto", "torch", "onnx")
+# Families whose module is a plain CNN that exports cleanly to ONNX.
+CNN_FAMILIES = {"efficientnet-lite"}
+COSINE_TOL = 1e-3
+ENV = "RADSEARCH_RUNTIME"
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (cgroup/affinity aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def inference_threads() -> int:
+    """Threads for inference: ``$RADSEARCH_THREADS``, else the usable cores not already
+    busy (1-minute load average), at least one. Oversubscribing a loaded machine makes
+    every thread wait (measured on the shared 2-core box: 1 thread beat 2 at load 12)."""
+    env = os.environ.get("RADSEARCH_THREADS")
+    if env:
+        return max(1, int(env))
+    cores = cpu_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        busy = 0.0
+    return int(min(cores, max(1, round(cores - busy))))
+
+
+def default_runtime() -> str:
+    rt = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if rt not in RUNTIMES:
+        raise EncoderError(f"{ENV}={rt!r}: choose one of {', '.join(RUNTIMES)}")
+    return rt
+
+
+def _torch_module():
+    import torch
+
+    class ChannelsLast(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner.to(memory_format=torch.channels_last)
+
+        def forward(self, x):
+            return self.inner(x.contiguous(memory_format=torch.channels_last))
+
+    return ChannelsLast
+
+
+class OnnxModule:
+    """Callable like the torch module (tensor in, tensor out), backed by ONNX Runtime."""
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None):
+        self.model_bytes = model_bytes
+        self.threads = threads
+        self._session = None
+
+    def __getstate__(self):
+        return {"model_bytes": self.model_bytes, "threads": self.threads, "_session": None}
+
+    @property
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self.threads or inference_threads()
+            so.inter_op_num_threads = 1
+            # no busy-waiting: decode workers (and other tenants) need those cycles
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(
+                self.model_bytes, so, providers=["CPUExecutionProvider"]
+            )
+        return self._session
+
+    def __call__(self, x):
+        import torch
+
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {"x": arr})[0])
+
+    # the Encoder treats its module like an nn.Module
+    def eval(self):
+        return self
+
+    def to(self, *_args, **_kwargs):
+        return self
+
+    def parameters(self):
+        return iter(())
+
+
+def export_onnx(module, size: int) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    dummy = torch.zeros(1, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            dummy,
+            buf,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def _probe(size: int, n: int = 4) -> np.ndarray:
+    """Deterministic, image-like inputs (smooth patterns + noise) in [-1, 1]."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for i in range(n):
+        f = 2 + i
+        base = np.sin(2 * np.pi * f * xx) * np.cos(2 * np.pi * (i % 3 + 1) * yy)
+        img = np.stack([base + 0.2 * rng.standard_normal(base.shape) for _ in range(3)])
+        out.append(np.clip(img, -1, 1))
+    return np.asarray(out, np.float32)
+
+
+def _run(module, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    import torch
+
+    x = torch.from_numpy(batch)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        y = module(x)
+        dt = time.perf_counter() - t0
+    y = torch.nn.functional.normalize(y.float(), dim=-1).numpy()
+    return y, dt
+
+
+def accelerate(encoder, runtime: str | None = None, *, min_speedup: float = 1.0):
+    """Swap in a faster, equivalent module (see module docstring); returns ``encoder``."""
+    runtime = (runtime or default_runtime()).lower()
+    if runtime not in RUNTIMES:
+        raise EncoderError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if getattr(encoder, "runtime_info", None):
+        return encoder  # already done
+    cfg = encoder.config
+    eager = encoder.module
+    info = {"runtime": "torch", "requested": runtime}
+    cpu = getattr(encoder.device, "type", "cpu") == "cpu"
+    eligible = cfg.family in CNN_FAMILIES and cpu
+    if runtime == "torch" or not eligible:
+        if runtime == "onnx" and not eligible:
+            raise EncoderError(f"runtime onnx: not available for {cfg.name} on {encoder.device}")
+        if eligible:
+            encoder.module = _torch_module()(eager).eval()
+        encoder.runtime_info = info
+        return encoder
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if runtime == "onnx":
+            raise EncoderError('runtime onnx needs onnxruntime: pip install "radsearch[scale]"') from None
+        encoder.module = _torch_module()(eager).eval()
+        encoder.runtime_info = info
+        return encoder
+    probe = _probe(cfg.input_size)
+    _run(eager, probe[:1])  # warm-up
+    ref, t_eager = _run(eager, probe)
+    t0 = time.perf_counter()
+    try:
+        onnx_mod = OnnxModule(export_onnx(eager, cfg.input_size))
+        _run(onnx_mod, probe[:1])  # warm-up (session creation)
+    except Exception as exc:  # an op ONNX or ORT cannot handle: stay on torch
+        if runtime == "onnx":
+            raise EncoderError(f"runtime onnx: export of {cfg.name} failed ({exc})") from None
+        info["onnx_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        encoder.module = _torch_module()(eager).eval()
+        encoder.runtime_info = info
+        return encoder
+    info["export_seconds"] = round(time.perf_counter() - t0, 2)
+    got, t_onnx = _run(onnx_mod, probe)
+    cos = float((ref * got).sum(axis=1).min())
+    info.update(cosine_min=round(cos, 6), probe_speedup=round(t_eager / max(t_onnx, 1e-9), 2))
+    faithful = cos >= 1 - COSINE_TOL
+    if runtime == "onnx" and not faithful:
+        raise EncoderError(f"runtime onnx: embeddings differ from torch (min cosine {cos:.5f})")
+    if faithful and (runtime == "onnx" or t_onnx * min_speedup < t_eager):
+        encoder.module = onnx_mod
+        info["runtime"] = "onnx"
+    else:
+        encoder.module = _torch_module()(eager).eval()
+    encoder.runtime_info = info
+    return encoder
