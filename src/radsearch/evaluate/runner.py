@@ -183,6 +183,7 @@ def _neighbour_key(info, dataset_hash, opts, index_refs, query_refs, k, recipe_s
     for part in (
         info["name"],
         info["hash"],
+        info.get("cache", ""),
         dataset_hash,
         opts.index_split,
         opts.query_split,
