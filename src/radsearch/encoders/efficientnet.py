@@ -99,6 +99,12 @@ VARIANTS = {
         description="EfficientNet-Lite0, average-pooled blocks 7, 10 and 14 (80+112+192 ch), "
         "each L2-normalised (offline; radsearch recipes)",
     ),
+    "efficientnet-lite0-midgrid": dict(
+        base="efficientnet-lite0",
+        taps=["b10:avg", "b14:grid2"],
+        description="EfficientNet-Lite0, block 10 average-pooled + block 14 pooled on a 2x2 grid "
+        "(112+768 ch), each L2-normalised (offline; radsearch recipes)",
+    ),
     "efficientnet-lite0-gem": dict(
         base="efficientnet-lite0",
         taps=["head:gem"],
