@@ -80,6 +80,18 @@ def radbench_index(radbench_lite0, tmp_path_factory):
     return Index.open(path)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core box: OpenMP spin-waiting across busy cores makes
+    2 threads up to 100x slower than 1."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_pattern(kind: str, size: int = 96, seed: int = 0) -> np.ndarray:
     """Distinct synthetic greyscale patterns (uint8) that a CNN tells apart."""
     rng = np.random.default_rng(seed)

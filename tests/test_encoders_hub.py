@@ -27,14 +27,7 @@ from radsearch.errors import EncoderError  # noqa: E402
 IMAGES = tm.synthetic_images()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core box: OpenMP spin-waiting across busy cores makes
-    2 threads up to 100x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -18,15 +18,7 @@ from radsearch.encoders import create_encoder, get_config, preprocess, weights_a
 from radsearch.encoders.medsam import image_encoder_tensors, lite_weights_file  # noqa: E402
 from radsearch.errors import EncoderError  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core box: OpenMP spin-waiting across busy cores makes
-    2 threads up to 100x slower than 1."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_litemedsam_config():

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from radsearch.errors import ImageReadError, SourceError
+from radsearch.io.dicom import METADATA_KEYS
 from radsearch.io.items import ItemRef, file_kind
 
 RASTER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -26,15 +27,7 @@ PATH_COLUMNS = ("filepath", "path", "image_path")
 # (it ends up in index files and web pages); patient_id stays for per-patient grouping.
 PRIVATE_KEYS = ("patient_name", "patient_birth_date")
 # DICOM header keys a ``where`` filter may use even when a CSV lacks the column.
-DICOM_FILTER_KEYS = (
-    "modality",
-    "body_part",
-    "study_uid",
-    "series_uid",
-    "sop_uid",
-    "patient_id",
-    "number_of_frames",
-)
+DICOM_FILTER_KEYS = (*(k for k in METADATA_KEYS if k not in PRIVATE_KEYS), "number_of_frames")
 _ONE_HOT_VALUES = frozenset({"0", "1", "0.0", "1.0"})
 
 
