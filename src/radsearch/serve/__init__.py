@@ -5,7 +5,12 @@
 
 from __future__ import annotations
 
-__all__ = ["create_app"]
+__all__ = ["DEFAULT_MAX_K", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+
+# Request limits (here, not in app.py, so the CLI can show them without FastAPI).
+DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_K = 100
 
 
 def create_app(*args, **kwargs):

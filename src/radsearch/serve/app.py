@@ -37,14 +37,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from radsearch.errors import ImageReadError, RadsearchError
+from radsearch.serve import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
 
 log = logging.getLogger("radsearch.serve")
 
 STATIC = Path(__file__).with_name("static")
 PHI_COLUMNS = ("patient_name", "patient_id", "patient_birth_date")
-DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MAX_K = 100
 # Room for the multipart boundaries and small form fields around the file itself.
 MULTIPART_SLACK = 64 * 1024
 THUMB_CACHE_SIZE = 512

@@ -11,7 +11,7 @@ DEFAULT_PORT = 8000
 
 
 def register(subparsers) -> None:
-    from radsearch.serve.app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    from radsearch.serve import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
 
     p = subparsers.add_parser("serve", help="HTTP API and web UI for an index")
     p.add_argument("index", help="index directory")
