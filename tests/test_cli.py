@@ -137,3 +137,23 @@ def test_console_script_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "radsearch.cli", "search", str(tmp_path), "x.png"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("radsearch: error:")
+
+
+def test_core_cli_needs_no_optional_extras(monkeypatch):
+    """The core install has no FastAPI/scikit-learn: every verb must still register."""
+    import importlib
+
+    for name in ("fastapi", "uvicorn", "sklearn", "matplotlib", "open_clip", "ray", "pymilvus"):
+        monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
+    stages = ("radsearch.serve", "radsearch.evaluate", "radsearch.tune", "radsearch.recipe")
+    before = {m: sys.modules[m] for m in list(sys.modules) if m.startswith(stages)}
+    for mod in before:
+        del sys.modules[mod]
+    try:
+        cli = importlib.import_module("radsearch.cli")
+        verbs = cli.build_parser()._subparsers._group_actions[0].choices
+        assert {"index", "search", "evaluate", "compare", "tune", "serve"} <= set(verbs)
+    finally:  # modules imported without the extras must not leak into later tests
+        for mod in [m for m in list(sys.modules) if m.startswith(stages)]:
+            del sys.modules[mod]
+        sys.modules.update(before)
