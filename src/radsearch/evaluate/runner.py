@@ -63,24 +63,14 @@ def _warn(msg: str) -> None:
 
 
 def load_recipe(path: str | None):
-    """A ``radsearch.recipe.Recipe`` from a JSON file, or None."""
+    """The ``--recipe`` JSON file as a ``Recipe`` (None without one)."""
     if not path:
         return None
-    try:
-        from radsearch.recipe import Recipe
-    except ImportError:
-        raise RadsearchError(
-            f"--recipe {path}: this radsearch has no retrieval recipes (radsearch.recipe is missing)"
-        ) from None
     if not Path(path).is_file():
         raise RadsearchError(f"--recipe {path}: no such file")
-    if hasattr(Recipe, "from_json"):
-        return Recipe.from_json(path)
-    try:
-        spec = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RadsearchError(f"--recipe {path}: cannot read ({exc})") from None
-    return Recipe.from_manifest(spec)
+    from radsearch.recipe import load_recipe as read_recipe
+
+    return read_recipe(path)
 
 
 def select_rows(refs, opts: EvalOptions):
