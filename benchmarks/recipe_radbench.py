@@ -3,7 +3,7 @@
 ``embed VIEW``: one forward pass per image with EfficientNet-Lite0/2, storing every
 candidate feature block (head/intermediate maps x avg/gem/max/grid pooling, raw, not
 normalised) in ``.cache/recipes/<arch>-<view>.npz``; VIEW is ``s<size>`` or
-``s<size>f`` (mirrored). Blocks are combined later without re-running the network,
+``s<size>f`` (mirrored), ``s<size>h`` (histogram-equalised). Blocks are combined later without re-running the network,
 the same way ``EfficientNetLiteFeatures`` combines them (average raw pooled blocks
 over views, L2-normalise each, weight, concatenate).
 
@@ -35,11 +35,12 @@ ALL_TAPS = [
 ] + ["b4:avg", "b4:gem", "head:grid3", "b14:grid3", "b10:grid3", "b10:grid4"]
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
+def load_rgb(path: Path, equalize: bool = False) -> np.ndarray:
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        im = im.convert("RGB")
+        return np.asarray(ImageOps.equalize(im) if equalize else im)
 
 
 def cmd_embed(args) -> int:
@@ -52,7 +53,7 @@ def cmd_embed(args) -> int:
 
     torch.set_num_threads(args.threads)
     view = args.view
-    size, flip = int(view[1:].rstrip("f")), view.endswith("f")
+    size, flip, equalize = int(view[1:].rstrip("fh")), "f" in view[1:], "h" in view[1:]
     base = get_config(args.arch)
     cfg = base.replace(input_size=size)
     enc = create_encoder(base)
@@ -76,7 +77,7 @@ def cmd_embed(args) -> int:
                 chunks[i].append(z[t])
     t0 = time.time()
     for start in range(done, len(paths), args.batch):
-        batch = np.stack([preprocess(load_rgb(RADBENCH / p), cfg) for p in paths[start : start + args.batch]])
+        batch = np.stack([preprocess(load_rgb(RADBENCH / p, equalize), cfg) for p in paths[start : start + args.batch]])
         x = torch.from_numpy(batch)
         if flip:
             x = x.flip(-1)
@@ -170,6 +171,7 @@ FEATURE_SETS = {
     "head-avg+b14-grid2+b10-grid2": [("head:avg", 1.0), ("b14:grid2", 1.0), ("b10:grid2", 1.0)],
     "b7-avg+b10-grid2+b14-grid2": [("b7:avg", 1.0), ("b10:grid2", 1.0), ("b14:grid2", 1.0)],
     "b7-avg+b10-avg+b14-grid2": [("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:grid2", 1.0)],
+    "b4-avg+b7-avg+b10-avg+b14-grid2": [("b4:avg", 1.0), ("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:grid2", 1.0)],
     "b4-avg+b7-avg+b10-avg+b14-avg": [("b4:avg", 1.0), ("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:avg", 1.0)],
     "b7-avg+b10-avg+b14-avg+head-grid2": [("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:avg", 1.0), ("head:grid2", 1.0)],
     "b10-gem": [("b10:gem", 1.0)],

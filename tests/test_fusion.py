@@ -155,3 +155,50 @@ def test_efficientnet_variant_features_match_their_definition():
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(plain.module.net.extract_features(x).mean((2, 3)), dim=-1).numpy()
     assert np.allclose(plain.encode(x.numpy()), ref, atol=1e-5)
+
+
+# -- contrast normalisation (histogram equalisation before resizing) --------------------
+def _exposures():
+    """One synthetic radiograph-like image at two exposures (a monotone intensity map)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:96, 0:96]
+    base = 0.5 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + 0.1 * rng.random((96, 96))
+    dark = np.clip(40 + 60 * base, 0, 255).astype(np.uint8)        # under-exposed, low contrast
+    bright = np.clip(-60 + 300 * base, 0, 255).astype(np.uint8)    # over-exposed, high contrast
+    return [np.repeat(im[..., None], 3, axis=2) for im in (dark, bright)]
+
+
+def test_equalize_contrast_spreads_histogram_and_keeps_old_hashes():
+    from radsearch.encoders.base import preprocess
+
+    cfg = get_config("efficientnet-lite0")
+    eq = cfg.replace(contrast="equalize")
+    assert "contrast" not in cfg.to_dict() or cfg.contrast == "none"
+    assert cfg.hash == "bdcf82b5b4477e4a" and eq.hash != cfg.hash
+    dark, _ = _exposures()
+    plain_x, eq_x = preprocess(dark, cfg), preprocess(dark, eq)
+    # the dark image uses under half the [-1, 1] range; equalised it spans nearly all of it
+    assert plain_x.max() - plain_x.min() < 1.0
+    assert eq_x.max() - eq_x.min() > 1.8
+    with pytest.raises(ValueError, match="contrast"):
+        preprocess(dark, cfg.replace(contrast="clahe-typo"))
+    # a config round-trips through the manifest dict with its contrast policy
+    assert EncoderConfig.from_dict(eq.to_dict()).hash == eq.hash
+
+
+def test_equalize_contrast_makes_vectors_exposure_invariant():
+    from radsearch.encoders import weights_available
+    from radsearch.encoders.efficientnet import efficientnet_variant
+
+    if not weights_available(get_config("efficientnet-lite0")):
+        pytest.skip("efficientnet-lite0 weights package not installed")
+    dark, bright = _exposures()
+    cos = {}
+    for contrast in ("none", "equalize"):
+        cfg = efficientnet_variant("efficientnet-lite0", f"t-{contrast}", taps=["b10:avg"], contrast=contrast)
+        v = create_encoder(cfg).encode_images([dark, bright])
+        cos[contrast] = float(v[0] @ v[1])
+    # histogram equalisation undoes a monotone exposure change: the two exposures
+    # become (nearly) the same vector, far closer than without it
+    assert cos["equalize"] > 0.99
+    assert 1 - cos["equalize"] < 0.2 * (1 - cos["none"])

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 _INTERP = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -31,6 +31,10 @@ class EncoderConfig:
     (shorter side to input_size, centre crop) or ``pad`` (longer side to input_size, pad
     with black). ``mean``/``std`` apply after scaling pixels to [0, 1]. ``pooling`` names
     how the feature map / tokens become one vector (see each family's loader).
+    ``contrast``: ``none`` or ``equalize`` (histogram equalisation of the stored image
+    before resizing, per channel): radiographs and ultrasound from different machines
+    differ mostly in exposure and gain, which an ImageNet encoder otherwise encodes as
+    strongly as the finding (docs/recipes.md measures the effect).
     """
 
     name: str
@@ -43,6 +47,7 @@ class EncoderConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pooling: str = "avg"
+    contrast: str = "none"
     description: str = ""
     weights_hint: str = ""
     extra: dict = field(default_factory=dict)
@@ -64,6 +69,8 @@ class EncoderConfig:
         d = self.to_dict()
         for k in ("description", "weights_hint"):
             d.pop(k)
+        if d["contrast"] == "none":  # added later: indexes built before keep their hash
+            d.pop("contrast")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -78,6 +85,10 @@ def preprocess(rgb: np.ndarray, cfg: EncoderConfig) -> np.ndarray:
     """
     size = cfg.input_size
     img = Image.fromarray(rgb)
+    if cfg.contrast == "equalize":
+        img = ImageOps.equalize(img)
+    elif cfg.contrast != "none":
+        raise ValueError(f"unknown contrast policy {cfg.contrast!r} in encoder {cfg.name}")
     interp = _INTERP[cfg.interpolation]
     if cfg.resize == "squash":
         img = img.resize((size, size), interp)

@@ -64,6 +64,7 @@ def efficientnet_variant(
     flip: bool = False,
     input_size: int | None = None,
     pooling: str | None = None,
+    contrast: str | None = None,
     description: str = "",
 ) -> EncoderConfig:
     """A config for an EfficientNet-Lite feature variant (its own name and hash)."""
@@ -81,7 +82,7 @@ def efficientnet_variant(
         extra["flip"] = True
     size = int(input_size or max([cfg.input_size, *(scales or [])]))
     cfg = cfg.replace(name=name, extra=extra, input_size=size, pooling=pooling or cfg.pooling,
-                      description=description or f"{base} variant")
+                      contrast=contrast or cfg.contrast, description=description or f"{base} variant")
     ch = channels(cfg.model_id)
     bad = [layer for layer, _, _ in parse_taps(cfg) if layer not in ch]
     if bad:
@@ -104,6 +105,13 @@ VARIANTS = {
         taps=["b10:avg", "b14:grid2"],
         description="EfficientNet-Lite0, block 10 average-pooled + block 14 pooled on a 2x2 grid "
         "(112+768 ch), each L2-normalised (offline; radsearch recipes)",
+    ),
+    "efficientnet-lite0-deep-eq": dict(
+        base="efficientnet-lite0",
+        taps=["b4:avg", "b7:avg", "b10:avg", "b14:grid2"],
+        contrast="equalize",
+        description="EfficientNet-Lite0 on histogram-equalised input, blocks 4, 7, 10 average-pooled + "
+        "block 14 on a 2x2 grid (40+80+112+768 ch), each L2-normalised (offline; radsearch recipes)",
     ),
     "efficientnet-lite0-gem": dict(
         base="efficientnet-lite0",
