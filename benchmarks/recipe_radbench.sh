@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# Reproduce docs/recipes.md's RadBench table in one command (slow on CPU: two
-# EfficientNet-Lite0 passes over RadBench, plain and histogram-equalised, ~8-15 min
-# each on 2 idle cores, ~45 min on busy ones; cached after).
+# Reproduce docs/recipes.md's RadBench table in one command (slow on CPU: one
+# EfficientNet pass over RadBench per arch and view, ~8-30 min each on 2 cores;
+# cached after).
 #   bash benchmarks/recipe_radbench.sh [OUT_DIR]
 # 1. one pass per view caching every candidate feature block -> .cache/recipes/*.npz
-# 2. per view:feature set: tune the recipe on val (train index), report test -> recipe-*.json
+# 2. per arch:view:feature set: tune the recipe on val (train index), report test -> recipe-*.json
 # 3. radsearch evaluate (plain and with the chosen recipe) + radsearch compare
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipes}
 CSV=../shared/radbench/radbench.csv
-# VIEW:FEATURE_SET pairs (views: s224 plain, s224h histogram-equalised)
-RUNS=${RUNS:-s224:head-avg s224:b10-avg+b14-grid2 s224h:b4-avg+b7-avg+b10-avg+b14-grid2}
+# ARCH:VIEW:FEATURE_SET (views: s224/s260 plain, s224h/s260h histogram-equalised);
+# the last two are the registered efficientnet-lite0-deep-eq and efficientnet-lite2-deep-eq
+RUNS=${RUNS:-lite0:s224:head-avg lite0:s224:b10-avg+b14-grid2 lite0:s224h:b4-avg+b7-avg+b10-avg+b14-grid2 lite2:s260h:b7-avg+b10-avg+b14-grid2}
 mkdir -p "$OUT"
 runs=()
-for pair in $RUNS; do
-  view=${pair%%:*}; s=${pair#*:}
-  python benchmarks/recipe_radbench.py embed "$view"
-  python benchmarks/recipe_radbench.py final --views "$view" --sets "$s"
-  npz=.cache/recipes/efficientnet-lite0-$s-$view.npz
-  recipe=.cache/recipes/recipe-efficientnet-lite0-$s.json
+for spec in $RUNS; do
+  IFS=: read -r arch view s <<< "$spec"
+  arch=efficientnet-$arch
+  python benchmarks/recipe_radbench.py embed "$view" --arch "$arch"
+  python benchmarks/recipe_radbench.py final --arch "$arch" --views "$view" --sets "$s"
+  npz=.cache/recipes/$arch-$s-$view.npz
+  recipe=.cache/recipes/recipe-$arch-$s.json
   for mode in plain recipe; do
     extra=(); [ "$mode" = recipe ] && extra=(--recipe "$recipe")
-    radsearch evaluate "$CSV" --embeddings "$npz" "${extra[@]}" --out "$OUT/$view-$s-$mode" \
+    radsearch evaluate "$CSV" --embeddings "$npz" "${extra[@]}" --out "$OUT/$arch-$view-$s-$mode" \
       --label-column label --max-k 10 --index-fractions none --quality-sample 0 --map none \
       --no-probe --gallery 0 --no-report --no-progress
-    runs+=("$OUT/$view-$s-$mode")
+    runs+=("$OUT/$arch-$view-$s-$mode")
   done
 done
 radsearch compare "${runs[@]}" --out "$OUT/compare"

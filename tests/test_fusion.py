@@ -184,6 +184,10 @@ def test_equalize_contrast_spreads_histogram_and_keeps_old_hashes():
         preprocess(dark, cfg.replace(contrast="clahe-typo"))
     # a config round-trips through the manifest dict with its contrast policy
     assert EncoderConfig.from_dict(eq.to_dict()).hash == eq.hash
+    # the registered equalised variants (docs/recipes.md) carry it, with their tapped dims
+    for name, dim in (("efficientnet-lite0-deep-eq", 40 + 80 + 112 + 4 * 192), ("efficientnet-lite2-deep-eq", 88 + 88 + 4 * 120)):
+        v = get_config(name)
+        assert v.contrast == "equalize" and v.dim == dim
 
 
 def test_equalize_contrast_makes_vectors_exposure_invariant():

@@ -113,6 +113,13 @@ VARIANTS = {
         description="EfficientNet-Lite0 on histogram-equalised input, blocks 4, 7, 10 average-pooled + "
         "block 14 on a 2x2 grid (40+80+112+768 ch), each L2-normalised (offline; radsearch recipes)",
     ),
+    "efficientnet-lite2-deep-eq": dict(
+        base="efficientnet-lite2",
+        taps=["b7:avg", "b10:avg", "b14:grid2"],
+        contrast="equalize",
+        description="EfficientNet-Lite2 (260 px) on histogram-equalised input, blocks 7, 10 average-pooled + "
+        "block 14 on a 2x2 grid (88+88+480 ch), each L2-normalised (offline; radsearch recipes)",
+    ),
     "efficientnet-lite0-gem": dict(
         base="efficientnet-lite0",
         taps=["head:gem"],
