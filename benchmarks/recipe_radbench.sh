@@ -5,7 +5,8 @@
 #   bash benchmarks/recipe_radbench.sh [OUT_DIR]
 # 1. one pass per view caching every candidate feature block -> .cache/recipes/*.npz
 # 2. per arch:view:feature set: tune the recipe on val (train index), report test -> recipe-*.json
-# 3. radsearch evaluate (plain and with the chosen recipe) + radsearch compare
+# 3. radsearch evaluate (plain and with the chosen recipe), the fusion of the two
+#    equalised variants (tune + evaluate), radsearch compare (table + plot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/recipes}
@@ -30,4 +31,26 @@ for spec in $RUNS; do
     runs+=("$OUT/$arch-$view-$s-$mode")
   done
 done
+# the fusion of the two equalised variants: their vectors concatenated (each unit length,
+# weight 1/sqrt 2, as --model fusion:efficientnet-lite0-deep-eq+efficientnet-lite2-deep-eq)
+L0=.cache/recipes/efficientnet-lite0-b4-avg+b7-avg+b10-avg+b14-grid2-s224h.npz
+L2=.cache/recipes/efficientnet-lite2-b7-avg+b10-avg+b14-grid2-s260h.npz
+if [ -f "$L0" ] && [ -f "$L2" ]; then
+  python - "$L0" "$L2" "$OUT/fusion-deep-eq.npz" <<'PY'
+import sys
+import numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+assert (a["filepath"] == b["filepath"]).all()
+emb = np.concatenate([a["emb"], b["emb"]], 1) / np.sqrt(2)
+np.savez(sys.argv[3], emb=emb.astype(np.float32), filepath=a["filepath"])
+PY
+  radsearch tune "$CSV" --embeddings "$OUT/fusion-deep-eq.npz" --out "$OUT/fusion-deep-eq-recipe.json" --quiet --no-progress
+  for mode in plain recipe; do
+    extra=(); [ "$mode" = recipe ] && extra=(--recipe "$OUT/fusion-deep-eq-recipe.json")
+    radsearch evaluate "$CSV" --embeddings "$OUT/fusion-deep-eq.npz" "${extra[@]}" --out "$OUT/fusion-deep-eq-$mode" \
+      --label-column label --max-k 10 --index-fractions none --quality-sample 0 --map none \
+      --no-probe --gallery 0 --no-report --no-progress
+    runs+=("$OUT/fusion-deep-eq-$mode")
+  done
+fi
 radsearch compare "${runs[@]}" --out "$OUT/compare"
