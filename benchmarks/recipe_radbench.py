@@ -35,12 +35,11 @@ ALL_TAPS = [
 ] + ["b4:avg", "b4:gem", "head:grid3", "b14:grid3", "b10:grid3", "b10:grid4"]
 
 
-def load_rgb(path: Path, equalize: bool = False) -> np.ndarray:
-    from PIL import Image, ImageOps
+def load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        return np.asarray(ImageOps.equalize(im) if equalize else im)
+        return np.asarray(im.convert("RGB"))
 
 
 def cmd_embed(args) -> int:
@@ -55,7 +54,8 @@ def cmd_embed(args) -> int:
     view = args.view
     size, flip, equalize = int(view[1:].rstrip("fh")), "f" in view[1:], "h" in view[1:]
     base = get_config(args.arch)
-    cfg = base.replace(input_size=size)
+    # equalisation through the product's own preprocessing (EncoderConfig.contrast)
+    cfg = base.replace(input_size=size, contrast="equalize" if equalize else "none")
     enc = create_encoder(base)
     taps = parse_taps(cfg.replace(extra={"taps": ALL_TAPS}))
     df = pd.read_csv(RADBENCH / "radbench.csv")
@@ -77,7 +77,7 @@ def cmd_embed(args) -> int:
                 chunks[i].append(z[t])
     t0 = time.time()
     for start in range(done, len(paths), args.batch):
-        batch = np.stack([preprocess(load_rgb(RADBENCH / p, equalize), cfg) for p in paths[start : start + args.batch]])
+        batch = np.stack([preprocess(load_rgb(RADBENCH / p), cfg) for p in paths[start : start + args.batch]])
         x = torch.from_numpy(batch)
         if flip:
             x = x.flip(-1)

@@ -16,20 +16,22 @@ CSV=../shared/radbench/radbench.csv
 RUNS=${RUNS:-lite0:s224:head-avg lite0:s224:b10-avg+b14-grid2 lite0:s224h:b4-avg+b7-avg+b10-avg+b14-grid2 lite2:s260h:b7-avg+b10-avg+b14-grid2}
 mkdir -p "$OUT"
 runs=()
+# score_runs NAME NPZ RECIPE: radsearch evaluate plain and with RECIPE -> $OUT/NAME-{plain,recipe}
+score_runs() {
+  for mode in plain recipe; do
+    extra=(); [ "$mode" = recipe ] && extra=(--recipe "$3")
+    radsearch evaluate "$CSV" --embeddings "$2" "${extra[@]}" --out "$OUT/$1-$mode" \
+      --label-column label --max-k 10 --index-fractions none --quality-sample 0 --map none \
+      --no-probe --gallery 0 --no-report --no-progress
+    runs+=("$OUT/$1-$mode")
+  done
+}
 for spec in $RUNS; do
   IFS=: read -r arch view s <<< "$spec"
   arch=efficientnet-$arch
   python benchmarks/recipe_radbench.py embed "$view" --arch "$arch"
   python benchmarks/recipe_radbench.py final --arch "$arch" --views "$view" --sets "$s"
-  npz=.cache/recipes/$arch-$s-$view.npz
-  recipe=.cache/recipes/recipe-$arch-$s.json
-  for mode in plain recipe; do
-    extra=(); [ "$mode" = recipe ] && extra=(--recipe "$recipe")
-    radsearch evaluate "$CSV" --embeddings "$npz" "${extra[@]}" --out "$OUT/$arch-$view-$s-$mode" \
-      --label-column label --max-k 10 --index-fractions none --quality-sample 0 --map none \
-      --no-probe --gallery 0 --no-report --no-progress
-    runs+=("$OUT/$arch-$view-$s-$mode")
-  done
+  score_runs "$arch-$view-$s" ".cache/recipes/$arch-$s-$view.npz" ".cache/recipes/recipe-$arch-$s.json"
 done
 # the fusion of the two equalised variants: their vectors concatenated (each unit length,
 # weight 1/sqrt 2, as --model fusion:efficientnet-lite0-deep-eq+efficientnet-lite2-deep-eq)
@@ -45,12 +47,6 @@ emb = np.concatenate([a["emb"], b["emb"]], 1) / np.sqrt(2)
 np.savez(sys.argv[3], emb=emb.astype(np.float32), filepath=a["filepath"])
 PY
   radsearch tune "$CSV" --embeddings "$OUT/fusion-deep-eq.npz" --out "$OUT/fusion-deep-eq-recipe.json" --quiet --no-progress
-  for mode in plain recipe; do
-    extra=(); [ "$mode" = recipe ] && extra=(--recipe "$OUT/fusion-deep-eq-recipe.json")
-    radsearch evaluate "$CSV" --embeddings "$OUT/fusion-deep-eq.npz" "${extra[@]}" --out "$OUT/fusion-deep-eq-$mode" \
-      --label-column label --max-k 10 --index-fractions none --quality-sample 0 --map none \
-      --no-probe --gallery 0 --no-report --no-progress
-    runs+=("$OUT/fusion-deep-eq-$mode")
-  done
+  score_runs fusion-deep-eq "$OUT/fusion-deep-eq.npz" "$OUT/fusion-deep-eq-recipe.json"
 fi
 radsearch compare "${runs[@]}" --out "$OUT/compare"
