@@ -14,12 +14,14 @@ from importlib import import_module
 from importlib.util import find_spec
 
 from radsearch.errors import RadsearchError
+from radsearch.regions.cli import add_region_args, region_options
 
 # Modules that add their own sub-commands: each has ``register(subparsers)``.
 _STAGE_MODULES = [
     "radsearch.evaluate.cli",  # evaluate, compare
     "radsearch.tune",  # tune
     "radsearch.serve.cli",  # serve
+    "radsearch.regions.cli",  # explain
 ]
 
 
@@ -96,6 +98,7 @@ def cmd_index(args) -> int:
         store=store_spec(args),
         engine=args.engine,
         engine_options={"address": args.ray_address} if args.engine == "ray" else None,
+        regions=False if args.no_regions else None,
     )
     idx = report.index
     print(
@@ -154,6 +157,7 @@ def cmd_search(args) -> int:
         one_per_patient=args.one_per_patient,
         suggest=args.suggest,
         text=args.text or None,
+        **region_options(args),
     )
     if args.json:
         print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
@@ -162,6 +166,8 @@ def cmd_search(args) -> int:
         print(f"query: {r.query}")
         for h in r.hits:
             meta = " ".join(f"{k}={v}" for k, v in h.metadata.items() if v not in ("", None))
+            if h.match_box is not None:
+                meta += " match_box=" + ",".join(str(v) for v in h.match_box)
             print(f"  {h.rank:>3}  {h.score:.4f}  {h.id}  {meta}")
         if r.suggestion:
             s = r.suggestion
@@ -239,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vector store: faiss (default) or milvus:<Milvus Lite path or http://host:port>")
     g.add_argument("--engine", choices=["local", "ray"], default="local", help="extraction engine")
     g.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: local Ray)")
+    g.add_argument("--no-regions", action="store_true",
+                   help="do not keep region features (no --roi queries or explain maps on this index)")
     g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
                    help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
     _add_source_args(p)
@@ -263,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="refuse unless the index was built with this encoder")
     p.add_argument("--nprobe", type=int, help="IVF indexes: lists probed (recall vs speed)")
     p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
+    add_region_args(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")

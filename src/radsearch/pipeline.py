@@ -57,8 +57,12 @@ def build_index(
     store: dict | None = None,
     engine: str = "local",
     engine_options: dict | None = None,
+    regions: bool | None = None,
 ) -> BuildReport:
-    """Add every item of ``refs`` not yet in the index at ``out`` (created if needed)."""
+    """Add every item of ``refs`` not yet in the index at ``out`` (created if needed).
+
+    ``regions``: keep region features (``radsearch.regions``) in a new index; default:
+    when the encoder has a spatial output. An index that has them keeps them."""
     index = open_or_create(out, model, store)
     refs = list(refs)
     existing = index.ids
@@ -82,7 +86,20 @@ def build_index(
         )
     else:
         raise RadsearchError(f"unknown engine {engine!r} (choose local or ray)")
-    added = index.add(result.refs, result.vectors)
+    from radsearch.regions.extract import enable_regions, extract_codes
+
+    region_store = enable_regions(index, encoder, regions)
+    codes = None
+    if region_store is not None and result.refs:
+        codes = extract_codes(
+            region_store,
+            result.refs,
+            encoder,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
+    added = index.add(result.refs, result.vectors, regions=codes)
     if added:
         index.save()
     if result.failures:

@@ -25,9 +25,12 @@ class Hit:
     id: str
     source: str
     metadata: dict = field(default_factory=dict)
+    match_box: list[int] | None = None  # region queries: where in the hit it matched
 
     def to_dict(self) -> dict:
         d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id, "source": self.source}
+        if self.match_box is not None:
+            d["match_box"] = list(self.match_box)
         d.update(self.metadata)
         return d
 

@@ -22,6 +22,7 @@ import numpy as np
 from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
 from radsearch.errors import IndexError_
 from radsearch.io.items import ItemRef
+from radsearch.regions import features as regions_hooks
 
 MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
@@ -249,8 +250,11 @@ class Index:
         return set(self._row_of)
 
     # -- mutation -------------------------------------------------------------------
-    def add(self, refs: list[ItemRef], vectors: np.ndarray) -> int:
-        """Append items not yet in the index (by id); returns how many were added."""
+    def add(self, refs: list[ItemRef], vectors: np.ndarray, regions=None) -> int:
+        """Append items not yet in the index (by id); returns how many were added.
+
+        ``regions``: ``(codes, sizes)`` row-aligned with ``refs`` for an index that keeps
+        region features (``radsearch.regions.features``)."""
         import pyarrow as pa
 
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -278,6 +282,7 @@ class Index:
         new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
         self.embeddings = np.concatenate([np.asarray(self.embeddings), new_vecs])
+        regions_hooks.on_add(self, keep, regions)
         self._after_change(appended=new_vecs)
         return len(keep)
 
@@ -289,6 +294,7 @@ class Index:
         keep = np.asarray([i for i in range(self.count) if i not in drop], dtype=np.int64)
         self.items = self.items.take(keep)
         self.embeddings = np.asarray(self.embeddings)[keep]
+        regions_hooks.on_remove(self, keep)
         self._after_change(appended=None)
         return len(drop)
 
@@ -334,6 +340,7 @@ class Index:
             pq.write_table(self.items, stage / ITEMS)
             np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
             self.store.save(stage)
+            regions_hooks.on_save(self, stage)
             recipe = self.recipe
             if recipe is not None and recipe.state:
                 from radsearch.recipe import STATE_FILE
@@ -357,9 +364,19 @@ class Index:
 
         Options: ``where`` (dict column -> value), ``one_per_patient``, ``suggest``
         (metadata column voted on; default ``label``). See ``radsearch.search``.
+        ``roi=(x0, y0, x1, y1)``: region query; ``relevant``/``irrelevant``: ids of
+        marked hits for relevance feedback (``radsearch.regions``).
         """
         from radsearch.search import search_index
 
+        if options.get("roi") is not None:  # region query (radsearch.regions.query)
+            from radsearch.regions.query import search_regions
+
+            return search_regions(self, queries, k=k, **options)
+        if options.get("relevant") or options.get("irrelevant"):
+            from radsearch.regions.feedback import search_feedback
+
+            return search_feedback(self, queries, k=k, **options)
         return search_index(self, queries, k=k, **options)
 
     def describe(self) -> dict:
