@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from radsearch.errors import IndexError_, RadsearchError
+from radsearch.errors import IndexFormatError, RadsearchError
 from radsearch.index import Index
 from radsearch.index.core import MANIFEST
 from radsearch.io.items import ItemRef
@@ -158,25 +158,25 @@ def test_failed_save_leaves_previous_index_intact(small_index, monkeypatch):
 
 def test_damaged_or_mismatched_indexes_are_refused(small_index, tmp_path):
     path, vecs = small_index
-    with pytest.raises(IndexError_, match="no such index"):
+    with pytest.raises(IndexFormatError, match="no such index"):
         Index.open(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IndexError_, match="not a radsearch index"):
+    with pytest.raises(IndexFormatError, match="not a radsearch index"):
         Index.open(tmp_path / "empty")
     m = json.loads((path / MANIFEST).read_text())
     m["count"] = 31
     (path / MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(IndexError_, match="parts disagree"):
+    with pytest.raises(IndexFormatError, match="parts disagree"):
         Index.open(path)
     m["count"] = 30
     (path / MANIFEST).write_text(json.dumps(m))
     index = Index.open(path)
-    with pytest.raises(IndexError_, match="refusing to use it with 'efficientnet-lite2'"):
+    with pytest.raises(IndexFormatError, match="refusing to use it with 'efficientnet-lite2'"):
         index.check_model("efficientnet-lite2")
     index.check_model("efficientnet-lite0")
-    with pytest.raises(IndexError_, match="already exists"):
+    with pytest.raises(IndexFormatError, match="already exists"):
         Index.create(path, "efficientnet-lite0")
-    with pytest.raises(IndexError_, match="dim"):
+    with pytest.raises(IndexFormatError, match="dim"):
         index.add(refs(1, start=300), np.zeros((1, 7), np.float32))
 
 

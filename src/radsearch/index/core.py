@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
-from radsearch.errors import IndexError_
+from radsearch.errors import IndexFormatError
 from radsearch.index import rows as _rows
 from radsearch.io.items import ItemRef
 
@@ -107,7 +107,7 @@ class Index:
         """A new, empty index (written on the first ``save``). Refuses an existing one."""
         path = Path(path)
         if (path / MANIFEST).exists():
-            raise IndexError_(f"{path}: an index already exists here")
+            raise IndexFormatError(f"{path}: an index already exists here")
         cfg = encoder if isinstance(encoder, EncoderConfig) else get_config(encoder)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -133,30 +133,32 @@ class Index:
 
         path = Path(path)
         if not path.exists():
-            raise IndexError_(f"{path}: no such index directory")
+            raise IndexFormatError(f"{path}: no such index directory")
         recover(path)
         mpath = path / MANIFEST
         if not mpath.exists():
-            raise IndexError_(f"{path}: not a radsearch index (no {MANIFEST})")
+            raise IndexFormatError(f"{path}: not a radsearch index (no {MANIFEST})")
         try:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as exc:
-            raise IndexError_(f"{mpath}: damaged manifest ({exc})") from None
+            raise IndexFormatError(f"{mpath}: damaged manifest ({exc})") from None
         try:
             items = pq.read_table(path / ITEMS)
             emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{path}: damaged index files ({exc})") from None
+            raise IndexFormatError(f"{path}: damaged index files ({exc})") from None
         n = manifest["count"]
         if items.num_rows != n or emb.shape[0] != n or emb.shape[1] != manifest["dim"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{path}: parts disagree (manifest count {n}, items {items.num_rows}, "
                 f"embeddings {emb.shape})"
             )
         store = cls._make_store(manifest)
         store.load(path)
         if store.ntotal != n:
-            raise IndexError_(f"{path}: vector store holds {store.ntotal} vectors, expected {n}")
+            raise IndexFormatError(
+                f"{path}: vector store holds {store.ntotal} vectors, expected {n}"
+            )
         return cls(path, manifest, items, emb, store)
 
     @staticmethod
@@ -170,7 +172,7 @@ class Index:
             from radsearch.index.milvus_store import MilvusStore
 
             return MilvusStore(manifest["dim"], spec)
-        raise IndexError_(f"unknown vector store kind {spec['kind']!r}")
+        raise IndexFormatError(f"unknown vector store kind {spec['kind']!r}")
 
     # -- properties -----------------------------------------------------------------
     @property
@@ -228,7 +230,7 @@ class Index:
         cfg = get_config(name)
         mine = self.manifest["encoder"]
         if cfg.hash != mine["hash"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{self.path}: index was built with encoder {mine['name']!r} "
                 f"(config {mine['hash']}); refusing to use it with {name!r} (config {cfg.hash})"
             )
@@ -276,7 +278,7 @@ class Index:
 
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{self.path}: vectors of dim {vectors.shape[-1]} != index dim {self.dim}"
             )
         planned = self._assign(list(refs))
