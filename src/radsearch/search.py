@@ -121,12 +121,10 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
 
 def embed_texts(index, text: str | list[str]) -> tuple[list[str], np.ndarray]:
     """Text queries -> (labels, vectors) with the index encoder's text tower."""
-    from radsearch.encoders.hub import encode_text
-
     texts = [text] if isinstance(text, str) else [str(t) for t in text]
     if not texts or not all(t.strip() for t in texts):
         raise RadsearchError("text query is empty")
-    return [f"text:{t}" for t in texts], encode_text(index.encoder(), texts)
+    return [f"text:{t}" for t in texts], index.encoder().encode_text(texts)
 
 
 def search_index(
