@@ -52,7 +52,6 @@ _UPLOAD_SUFFIXES = (
     ".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
     ".bmp", ".gif", ".webp",
 )
-_FRAME_IN_ID = re.compile(r"#(?:frame|slice)=(\d+)$")
 _NOT_FILTERS = ("id", "source", "pacs_url", "viewer_url", "sop_uid", "series_uid", "study_uid")
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -437,11 +436,8 @@ def create_app(
         key = (row, size)
         png = thumbs.get(key)
         if png is None:
-            meta = index.rows([row])[0]
-            m = _FRAME_IN_ID.search(item_id)
-            ref = ItemRef(item_id, str(meta["source"]), int(m.group(1)) if m else None)
             try:
-                pixels = load_pixels(ref)
+                pixels = load_pixels(index.ref(row))
             except ImageReadError as exc:
                 raise HTTPException(404, f"image of this item is not available ({exc.reason})") from None
             png = encode_png(pixels, size)
