@@ -333,6 +333,12 @@ def write_report(
             )
         )
 
+    if "study" in metrics:
+        from radsearch.evaluate.studies import report_rows
+
+        note, header, rows = report_rows(metrics)
+        sec += ["<h2>Studies as the unit of search</h2>", note, _table(header, rows)]
+
     if "index_size" in metrics:
         sec.append("<h2>Index size</h2>")
         sec.append(
