@@ -317,6 +317,9 @@ class Index:
         for k in keys:
             vals = [r.metadata.get(k) for r in new_refs]
             cols[metadata_column(k)] = [None if v is None else safe(str(v)) for v in vals]
+        from radsearch.studies.identity import STUDY_COLUMN, study_of
+
+        cols[STUDY_COLUMN] = [safe(study_of(r)) for r in new_refs]
         new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
         self._read = pa.concat_tables([self._read, _rows.read_columns(new_refs)])
