@@ -39,6 +39,9 @@ def cmd_index(args) -> int:
         )
     else:
         refs = refs_from_args(args)
+    from radsearch.studies.identity import with_study_column
+
+    refs = with_study_column(refs, args.study_column)
     if not refs:
         raise RadsearchError(f"{args.source}: no images found")
     if args.runtime:
@@ -106,6 +109,10 @@ def cmd_search(args) -> int:
     index.check_model(args.model)
     if (args.nprobe or args.ef_search) and hasattr(index.store, "set_search_params"):
         index.store.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
+    if args.study or args.study_id or args.group_by == "study":
+        from radsearch.studies.cli import study_search
+
+        return study_search(args, index)
     if bool(args.queries) == bool(args.text):
         raise RadsearchError("give query images or --text, not both (and not neither)")
     results = index.search(
@@ -203,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
                    help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
     add_source_args(p)
+    p.add_argument("--study-column", metavar="COL",
+                   help="CSV column naming each row's study (e.g. patient_id; default: DICOM "
+                        "study uid, NIfTI file, else each item its own study)")
     g = p.add_argument_group("PACS (dicomweb:URL sources)")
     g.add_argument("--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)")
     g.add_argument("--dicomweb-password",
@@ -224,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="refuse unless the index was built with this encoder")
     p.add_argument("--nprobe", type=int, help="IVF indexes: lists probed (recall vs speed)")
     p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
+    g = p.add_argument_group("studies (see docs/studies.md)")
+    g.add_argument("--study", nargs="+", metavar="QUERY",
+                   help="one query study (DICOM folder or series, NIfTI volume, image files): "
+                        "return studies")
+    g.add_argument("--study-id", metavar="ID", help="query with an indexed study; return studies")
+    g.add_argument("--group-by", choices=["item", "study"], default="item",
+                   help="single-image search: each study once, with its best item")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")
