@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from radsearch.decode import collate_decoded, decode_item
 from radsearch.encoders import Encoder
 from radsearch.errors import RadsearchError
-from radsearch.io.items import ItemRef, load_pixels
+from radsearch.io.items import ItemRef
 
 SHARD_GLOB = "shard-*.npz"
 
@@ -37,7 +38,7 @@ class EmbedResult:
 
 
 class _Decode:
-    """Picklable per-item job for worker processes: load + preprocess, never raise."""
+    """Picklable per-item job for worker processes: ``decode_item`` by position."""
 
     def __init__(self, refs: Sequence[ItemRef], encoder: Encoder):
         self.refs = refs
@@ -47,17 +48,7 @@ class _Decode:
         return len(self.refs)
 
     def __getitem__(self, i):
-        ref = self.refs[i]
-        try:
-            return i, self.preprocess(load_pixels(ref)), None
-        except RadsearchError as exc:
-            return i, None, str(getattr(exc, "reason", exc))
-        except Exception as exc:  # a decoder bug must not kill a long run
-            return i, None, f"{type(exc).__name__}: {exc}"
-
-
-def _collate(batch):
-    return batch
+        return (i, *decode_item(self.refs[i], self.preprocess))
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
@@ -199,11 +190,7 @@ class _Collate:
         self.collate = encoder.collate
 
     def __call__(self, batch):
-        ok = [(i, x) for i, x, err in batch if err is None]
-        errors = [(i, err) for i, _, err in batch if err is not None]
-        if not ok:
-            return [], None, errors
-        return [i for i, _ in ok], self.collate([x for _, x in ok]), errors
+        return collate_decoded(self.collate, batch)
 
 
 def embed_refs(

@@ -61,8 +61,7 @@ def build_index(
     """Add every item of ``refs`` not yet in the index at ``out`` (created if needed)."""
     index = open_or_create(out, model, store)
     refs = list(refs)
-    existing = index.ids
-    new = [r for r in refs if r.id not in existing]
+    new = index.new_refs(refs)
     skipped = len(refs) - len(new)
     if not new:
         return BuildReport(index, 0, skipped)

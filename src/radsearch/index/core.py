@@ -1,7 +1,8 @@
 """The index directory: the contract between stages.
 
 ``DIR/manifest.json`` (encoder name + config + hash, dim, metric, count, store, recipe,
-versions), ``DIR/items.parquet`` (row i = vector i: ``id``, ``source``, metadata),
+versions), ``DIR/items.parquet`` (row i = vector i: ``id``, ``source``, metadata, and
+how the row was read: see ``radsearch.index.rows``),
 ``DIR/embeddings.npy`` (the encoder's L2-normalised vectors, before any recipe) and the
 vector store's files (``vectors.faiss``). Every write goes through ``_commit``: files
 are staged in ``DIR/.next``, the stage is renamed to ``DIR/.commit`` (the point of no
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
-from radsearch.errors import IndexError_
+from radsearch.errors import IndexFormatError
+from radsearch.index import rows as _rows
 from radsearch.io.items import ItemRef
 
 MANIFEST = "manifest.json"
@@ -81,13 +83,15 @@ class Index:
     def __init__(self, path: Path, manifest: dict, items, embeddings: np.ndarray, store):
         self.path = Path(path)
         self.manifest = manifest
-        self.items = items  # pyarrow.Table
+        # pyarrow.Table of id, source and metadata; how each row was read is kept apart
+        self.items, self._read = _rows.split_table(items)
         self.embeddings = embeddings
         self.store = store
         if hasattr(store, "bind"):  # stores that keep metadata too (Milvus)
             store.bind(self)
         self._encoder: Encoder | None = None
         self._row_of: dict[str, int] | None = None
+        self._present: set | None = None  # (source, frame) of every row
         self._recipe: tuple[str, object] | None = None  # (manifest spec as JSON, Recipe)
 
     # -- construction ---------------------------------------------------------------
@@ -103,7 +107,7 @@ class Index:
         """A new, empty index (written on the first ``save``). Refuses an existing one."""
         path = Path(path)
         if (path / MANIFEST).exists():
-            raise IndexError_(f"{path}: an index already exists here")
+            raise IndexFormatError(f"{path}: an index already exists here")
         cfg = encoder if isinstance(encoder, EncoderConfig) else get_config(encoder)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -129,30 +133,32 @@ class Index:
 
         path = Path(path)
         if not path.exists():
-            raise IndexError_(f"{path}: no such index directory")
+            raise IndexFormatError(f"{path}: no such index directory")
         recover(path)
         mpath = path / MANIFEST
         if not mpath.exists():
-            raise IndexError_(f"{path}: not a radsearch index (no {MANIFEST})")
+            raise IndexFormatError(f"{path}: not a radsearch index (no {MANIFEST})")
         try:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as exc:
-            raise IndexError_(f"{mpath}: damaged manifest ({exc})") from None
+            raise IndexFormatError(f"{mpath}: damaged manifest ({exc})") from None
         try:
             items = pq.read_table(path / ITEMS)
             emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{path}: damaged index files ({exc})") from None
+            raise IndexFormatError(f"{path}: damaged index files ({exc})") from None
         n = manifest["count"]
         if items.num_rows != n or emb.shape[0] != n or emb.shape[1] != manifest["dim"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{path}: parts disagree (manifest count {n}, items {items.num_rows}, "
                 f"embeddings {emb.shape})"
             )
         store = cls._make_store(manifest)
         store.load(path)
         if store.ntotal != n:
-            raise IndexError_(f"{path}: vector store holds {store.ntotal} vectors, expected {n}")
+            raise IndexFormatError(
+                f"{path}: vector store holds {store.ntotal} vectors, expected {n}"
+            )
         return cls(path, manifest, items, emb, store)
 
     @staticmethod
@@ -166,7 +172,7 @@ class Index:
             from radsearch.index.milvus_store import MilvusStore
 
             return MilvusStore(manifest["dim"], spec)
-        raise IndexError_(f"unknown vector store kind {spec['kind']!r}")
+        raise IndexFormatError(f"unknown vector store kind {spec['kind']!r}")
 
     # -- properties -----------------------------------------------------------------
     @property
@@ -224,7 +230,7 @@ class Index:
         cfg = get_config(name)
         mine = self.manifest["encoder"]
         if cfg.hash != mine["hash"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{self.path}: index was built with encoder {mine['name']!r} "
                 f"(config {mine['hash']}); refusing to use it with {name!r} (config {cfg.hash})"
             )
@@ -248,6 +254,23 @@ class Index:
         self.row_of("")
         return set(self._row_of)
 
+    def ref(self, row: int) -> ItemRef:
+        """Row ``row`` as the ``ItemRef`` it was indexed from (frame, window, kind)."""
+        return self.refs([row])[0]
+
+    def refs(self, rows) -> list[ItemRef]:
+        """``ItemRef``s of ``rows``: what every reader decodes an indexed image from."""
+        return _rows.make_refs(self.items, self._read, rows)
+
+    def new_refs(self, refs: list[ItemRef]) -> list[ItemRef]:
+        """The refs whose image is not in the index yet, each with an id free in it."""
+        return [r for _, r in self._assign(refs)]
+
+    def _assign(self, refs: list[ItemRef]) -> list[tuple[int, ItemRef]]:
+        if self._present is None:
+            self._present = _rows.identities(self.items, self._read)
+        return _rows.assign(refs, self.ids, set(self._present))
+
     # -- mutation -------------------------------------------------------------------
     def add(self, refs: list[ItemRef], vectors: np.ndarray) -> int:
         """Append items not yet in the index (by id); returns how many were added."""
@@ -255,18 +278,17 @@ class Index:
 
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise IndexError_(f"{self.path}: vectors of dim {vectors.shape[-1]} != index dim {self.dim}")
-        existing = self.ids
-        keep, seen = [], set()
-        for i, r in enumerate(refs):
-            if r.id not in existing and r.id not in seen:
-                keep.append(i)
-                seen.add(r.id)
-        if not keep:
+            raise IndexFormatError(
+                f"{self.path}: vectors of dim {vectors.shape[-1]} != index dim {self.dim}"
+            )
+        planned = self._assign(list(refs))
+        if not planned:
             return 0
-        new_refs = [refs[i] for i in keep]
+        keep = [i for i, _ in planned]
+        new_refs = [r for _, r in planned]
         new_vecs = vectors[keep]
-        cols = {"id": [r.id for r in new_refs], "source": [r.source for r in new_refs]}
+        safe = _rows.safe_text
+        cols = {"id": [r.id for r in new_refs], "source": [safe(r.source) for r in new_refs]}
         keys: list[str] = []
         for r in new_refs:
             for k in r.metadata:
@@ -274,9 +296,13 @@ class Index:
                     keys.append(k)
         for k in keys:
             vals = [r.metadata.get(k) for r in new_refs]
-            cols[metadata_column(k)] = [None if v is None else str(v) for v in vals]
+            cols[metadata_column(k)] = [None if v is None else safe(str(v)) for v in vals]
+        from radsearch.studies.identity import STUDY_COLUMN, study_of
+
+        cols[STUDY_COLUMN] = [safe(study_of(r)) for r in new_refs]
         new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
+        self._read = pa.concat_tables([self._read, _rows.read_columns(new_refs)])
         self.embeddings = np.concatenate([np.asarray(self.embeddings), new_vecs])
         self._after_change(appended=new_vecs)
         return len(keep)
@@ -288,6 +314,7 @@ class Index:
             return 0
         keep = np.asarray([i for i in range(self.count) if i not in drop], dtype=np.int64)
         self.items = self.items.take(keep)
+        self._read = self._read.take(keep)
         self.embeddings = np.asarray(self.embeddings)[keep]
         self._after_change(appended=None)
         return len(drop)
@@ -295,6 +322,7 @@ class Index:
     def _after_change(self, appended: np.ndarray | None) -> None:
         self.manifest["count"] = int(self.items.num_rows)
         self._row_of = None
+        self._present = None
         recipe = self.recipe
         if recipe is not None and recipe.needs_refit_on_change:
             recipe.fit(np.asarray(self.embeddings))
@@ -331,7 +359,7 @@ class Index:
         stage = self.path / ".next"
         stage.mkdir()
         try:
-            pq.write_table(self.items, stage / ITEMS)
+            pq.write_table(_rows.join_table(self.items, self._read), stage / ITEMS)
             np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
             self.store.save(stage)
             recipe = self.recipe
@@ -379,5 +407,3 @@ class Index:
             "updated": m.get("updated"),
             "versions": m.get("versions", {}),
         }
-
-

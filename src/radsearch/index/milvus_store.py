@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radsearch.errors import IndexError_, RadsearchError
+from radsearch.errors import IndexFormatError, RadsearchError
 
 MILVUS_FILE = "milvus.json"
 INSERT_CHUNK = 2000
@@ -75,7 +75,7 @@ class MilvusStore:
         self.dim = dim
         self.spec = spec
         if not spec.get("uri"):
-            raise IndexError_("milvus store: no uri (use --store milvus:<path or http://host:port>)")
+            raise IndexFormatError("milvus store: no uri (use --store milvus:<path or http://host:port>)")
         spec["uri"] = normalise_uri(spec["uri"])
         spec.setdefault("collection", f"radsearch_{uuid.uuid4().hex[:12]}_g0")
         spec.setdefault("index_type", "FLAT")
@@ -247,11 +247,11 @@ class MilvusStore:
     def load(self, folder: Path) -> None:
         path = Path(folder) / MILVUS_FILE
         if not path.exists():
-            raise IndexError_(f"{folder}: milvus store without {MILVUS_FILE}")
+            raise IndexFormatError(f"{folder}: milvus store without {MILVUS_FILE}")
         info = json.loads(path.read_text())
         self.spec["uri"], self.spec["collection"] = info["uri"], info["collection"]
         if not self.client.has_collection(self.name):
-            raise IndexError_(f"{folder}: Milvus collection {self.name!r} not found at {info['uri']}")
+            raise IndexFormatError(f"{folder}: Milvus collection {self.name!r} not found at {info['uri']}")
         self.client.load_collection(self.name)
         # roll back appends of a save that never committed, drop superseded generations
         self.client.delete(self.name, filter=f"row >= {int(info['count'])}")
@@ -262,6 +262,6 @@ class MilvusStore:
         self._committed = self._n
         self._retired = []
         if self._n != info["count"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{folder}: Milvus collection {self.name!r} holds {self._n} rows, expected {info['count']}"
             )

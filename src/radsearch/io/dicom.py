@@ -32,6 +32,15 @@ METADATA_KEYS = (
     "patient_id",
     "patient_name",
     "patient_birth_date",
+    # What a reader needs to recognise a series and order its slices.
+    "study_description",
+    "series_description",
+    "series_number",
+    "instance_number",
+    "slice_location",
+    "image_position",
+    "pixel_spacing",
+    "slice_thickness",
 )
 _KEYWORDS = {
     "modality": "Modality",
@@ -42,6 +51,14 @@ _KEYWORDS = {
     "patient_id": "PatientID",
     "patient_name": "PatientName",
     "patient_birth_date": "PatientBirthDate",
+    "study_description": "StudyDescription",
+    "series_description": "SeriesDescription",
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "slice_location": "SliceLocation",
+    "image_position": "ImagePositionPatient",
+    "pixel_spacing": "PixelSpacing",
+    "slice_thickness": "SliceThickness",
 }
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 INSTALL_HINT = "pip install 'radsearch[dicom]' (pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
@@ -76,8 +93,14 @@ def read_dicom_header(path: str | os.PathLike, *, with_pixel_tags: bool = False)
 
 
 def _text(ds, keyword: str) -> str:
+    """A header value as text; multi-valued ones (pixel spacing, position) joined by ``\\``
+    as DICOM itself writes them."""
     value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    if value is None:
+        return ""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
 
 
 def _frame_count(ds) -> int:

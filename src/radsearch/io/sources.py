@@ -16,11 +16,8 @@ from pathlib import Path
 
 from radsearch.errors import ImageReadError, SourceError
 from radsearch.io.dicom import METADATA_KEYS
-from radsearch.io.items import ItemRef, file_kind
+from radsearch.io.items import ItemRef, file_kind, has_dicm_magic, kind_by_name, text_id
 
-RASTER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-DICOM_EXTS = (".dcm", ".dicom")
-NIFTI_EXTS = (".nii", ".nii.gz")
 # Accepted names of a manifest's path column, in order of preference.
 PATH_COLUMNS = ("filepath", "path", "image_path")
 # Direct patient identifiers read from DICOM headers but never put into item metadata
@@ -64,26 +61,6 @@ def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial
     return True
 
 
-def _kind_by_name(name: str) -> str | None:
-    lower = name.lower()
-    if lower.endswith(NIFTI_EXTS):
-        return "nifti"
-    if lower.endswith(DICOM_EXTS):
-        return "dicom"
-    if lower.endswith(RASTER_EXTS):
-        return "raster"
-    return None
-
-
-def _has_dicm_magic(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Path, dict, str]]:
     """(id, path, metadata, kind) for every image under ``folder``, sorted by id.
 
@@ -97,16 +74,16 @@ def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Pa
             if name.startswith("."):
                 continue
             full = Path(dirpath) / name
-            kind = _kind_by_name(name)
+            kind = kind_by_name(name)
             if kind is None:
-                if name.upper() == "DICOMDIR" or not _has_dicm_magic(full):
+                if name.upper() == "DICOMDIR" or not has_dicm_magic(full):
                     continue
                 kind = "dicom"
             rel = full.relative_to(folder)
             meta = {}
             if label_from_folder:
                 meta["label"] = rel.parent.name if rel.parent != Path(".") else ""
-            found.append((rel.as_posix(), full, meta, kind))
+            found.append((text_id(rel.as_posix()), full, meta, kind))
     found.sort(key=lambda entry: entry[0])
     return found
 
@@ -181,7 +158,7 @@ def _csv_entries(
         path = Path(item_id)
         if not path.is_absolute():
             path = base / path
-        entries.append((item_id, path, meta, None))
+        entries.append((text_id(item_id), path, meta, None))
     all_cols = set(meta_cols) | ({"label"} if one_hot else set())
     return entries, all_cols
 
@@ -225,9 +202,9 @@ def _expand(
             frames = int(header["number_of_frames"])
             if frames > 1:
                 for n in range(frames):
-                    yield ItemRef(f"{item_id}#frame={n}", source, n, dict(merged))
+                    yield ItemRef(f"{item_id}#frame={n}", source, n, dict(merged), kind=kind)
             else:
-                yield ItemRef(item_id, source, None, merged)
+                yield ItemRef(item_id, source, None, merged, kind=kind)
             return
     elif kind == "nifti":
         from radsearch.io.nifti import nifti_slice_count
@@ -240,10 +217,10 @@ def _expand(
             count = None
         if count is not None:
             for n in _slice_indices(count, nifti_step, nifti_range):
-                yield ItemRef(f"{item_id}#slice={n}", source, n, dict(meta), nifti_window)
+                yield ItemRef(f"{item_id}#slice={n}", source, n, dict(meta), nifti_window, kind)
             return
     if _matches(meta, where, partial=False):
-        yield ItemRef(item_id, source, None, meta)
+        yield ItemRef(item_id, source, None, meta, kind=kind)
 
 
 def iter_source(
@@ -293,7 +270,7 @@ def iter_source(
     else:
         if split is not None:
             raise SourceError(f"{spec}: split={split!r} needs a CSV manifest with a 'split' column")
-        entries = [(path.name, path, {}, None)]
+        entries = [(text_id(path.name), path, {}, None)]
         columns = set()
         from_folder = False
 
@@ -304,13 +281,8 @@ def iter_source(
 
     def generate() -> Iterator[ItemRef]:
         for item_id, item_path, meta, kind in entries:
-            if kind is None:
-                kind = _kind_by_name(item_path.name)
-                if kind is None:
-                    try:
-                        kind = file_kind(item_path)
-                    except ImageReadError:
-                        kind = "raster"  # missing file: loading reports it per item
+            if kind is None:  # a missing file is "raster": loading reports it per item
+                kind = file_kind(item_path)
             yield from _expand(
                 item_id,
                 item_path,

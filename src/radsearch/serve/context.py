@@ -7,7 +7,6 @@ the privacy rules (no PHI, no server paths unless asked) live in one place:
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ PHI_COLUMNS = ("patient_id", *PRIVATE_KEYS)
 # Columns holding server file paths: hidden unless --show-paths.
 PATH_COLUMNS = ("source",)
 THUMB_CACHE_SIZE = 512
-_FRAME_IN_ID = re.compile(r"#(?:frame|slice)=(\d+)\Z")
 
 
 class LRU:
@@ -106,8 +104,4 @@ class ServeContext:
 
     def item_ref(self, row: int):
         """The ``ItemRef`` that reads row ``row``'s pixels as indexing read them."""
-        from radsearch.io.items import ItemRef
-
-        meta = self.index.rows([row])[0]
-        m = _FRAME_IN_ID.search(meta["id"])
-        return ItemRef(meta["id"], str(meta["source"]), int(m.group(1)) if m else None)
+        return self.index.ref(row)
