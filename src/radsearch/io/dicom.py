@@ -110,6 +110,30 @@ def _frame_count(ds) -> int:
         return 1
 
 
+def check_frame_count(ds, path: str | os.PathLike) -> int:
+    """The frame count, refused when the file is too small to hold that many frames.
+
+    Checked against the file size before any per-frame work: native pixel data needs
+    every frame's bytes, encapsulated (compressed) data at least an 8-byte item per
+    frame. A 2 KB file claiming 2^31 frames is refused instead of enumerated.
+    """
+    frames = _frame_count(ds)
+    if frames == 1:
+        return 1
+    size = os.stat(path).st_size
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    per_frame = 8
+    if ts is not None and not ts.is_compressed:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        bits = int(ds.get("BitsAllocated") or 8) * int(ds.get("SamplesPerPixel") or 1)
+        per_frame = max(1, rows * cols * bits // 8)
+    if frames * per_frame > size:
+        raise ImageReadError(
+            path, f"header claims {frames} frames but the file ({size} bytes) cannot hold them"
+        )
+    return frames
+
+
 def metadata_from_header(ds) -> dict[str, Any]:
     """Search-relevant fields of a parsed header (strings, '' when absent) + frame count."""
     meta: dict[str, Any] = {key: _text(ds, kw) for key, kw in _KEYWORDS.items()}
@@ -236,12 +260,13 @@ def read_dicom_frame(path: str | os.PathLike, frame: int = 0) -> np.ndarray:
     """Decode frame ``frame`` of a DICOM file to ``HxWx3 uint8`` RGB, or raise ``ImageReadError``."""
     ds = read_dicom_header(path, with_pixel_tags=True)
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
-        raise ImageReadError(path, "DICOM has no pixel data")
+        damaged = "" if "SOPClassUID" in ds else " (damaged header: no SOP Class UID)"
+        raise ImageReadError(path, f"DICOM has no pixel data{damaged}")
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     reason = too_large_reason(cols, rows)
     if reason:
         raise ImageReadError(path, reason)
-    n_frames = _frame_count(ds)
+    n_frames = check_frame_count(ds, path)
     if not 0 <= frame < n_frames:
         raise ImageReadError(path, f"frame {frame} out of range (file has {n_frames})")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def parse_where(filters: Iterable[str] | None) -> dict[str, str]:
     return out
 
 
-def _alternatives(value) -> frozenset[str]:
+def alternatives(value) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset(v.strip() for v in value.split(","))
     if isinstance(value, Iterable):
@@ -49,7 +50,7 @@ def _alternatives(value) -> frozenset[str]:
     return frozenset({str(value)})
 
 
-def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial: bool) -> bool:
+def matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial: bool) -> bool:
     """Whether ``meta`` passes every filter; ``partial`` skips keys ``meta`` lacks."""
     for key, allowed in where.items():
         if key not in meta:
@@ -61,11 +62,21 @@ def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial
     return True
 
 
+def _is_special(path: Path) -> bool:
+    """Not a regular file (or a link to nothing): such entries are never opened."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
+
+
 def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Path, dict, str]]:
     """(id, path, metadata, kind) for every image under ``folder``, sorted by id.
 
     Files with unknown extensions are kept only when they carry the DICM magic: DICOM
     exports often name files by UID (``1.2.840...``) or with no extension at all.
+    FIFOs, sockets, devices and broken links are kept too, unopened, so that they are
+    reported rather than silently left out.
     """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -76,9 +87,14 @@ def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Pa
             full = Path(dirpath) / name
             kind = kind_by_name(name)
             if kind is None:
-                if name.upper() == "DICOMDIR" or not has_dicm_magic(full):
+                if name.upper() == "DICOMDIR":
                     continue
-                kind = "dicom"
+                if has_dicm_magic(full):
+                    kind = "dicom"
+                elif _is_special(full):
+                    kind = "raster"  # never opened: decoding reports it
+                else:
+                    continue
             rel = full.relative_to(folder)
             meta = {}
             if label_from_folder:
@@ -138,7 +154,7 @@ def _csv_entries(
 
     # Absolute, so an index's ``source`` column works from any working directory.
     base = (Path(root) if root is not None else csv_path.parent).resolve()
-    allowed_splits = _alternatives(split) if split is not None else None
+    allowed_splits = alternatives(split) if split is not None else None
     seen: dict[str, int] = {}
     entries = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -182,24 +198,27 @@ def _expand(
 ) -> Iterator[ItemRef]:
     """One entry -> its ItemRefs (frames / slices), with DICOM header metadata merged."""
     source = str(path)
-    if not _matches(meta, where, partial=True):  # cheap reject before reading headers
+    if not matches(meta, where, partial=True):  # cheap reject before reading headers
         return
     if kind == "dicom":
-        from radsearch.io.dicom import metadata_from_header, read_dicom_header
+        from radsearch.io.dicom import check_frame_count, metadata_from_header, read_dicom_header
 
         try:
             ds = read_dicom_header(path)
         except ImageReadError:
             ds = None  # keep the item: decoding will report the reason per item
         if ds is not None:
-            if from_folder and "Rows" not in ds:
-                return  # structured report, key object...: not an image
+            if from_folder and "Rows" not in ds and "SOPClassUID" in ds:
+                return  # structured report, key object...: a DICOM object, not an image
             header = metadata_from_header(ds)
             merged = {k: str(v) for k, v in header.items() if k not in PRIVATE_KEYS}
             merged.update(meta)  # manifest columns win over the header
-            if not _matches(merged, where, partial=False):
+            if not matches(merged, where, partial=False):
                 return
-            frames = int(header["number_of_frames"])
+            try:
+                frames = check_frame_count(ds, path)
+            except ImageReadError:
+                frames = 1  # one item: decoding reports the impossible frame count
             if frames > 1:
                 for n in range(frames):
                     yield ItemRef(f"{item_id}#frame={n}", source, n, dict(merged), kind=kind)
@@ -209,7 +228,7 @@ def _expand(
     elif kind == "nifti":
         from radsearch.io.nifti import nifti_slice_count
 
-        if not _matches(meta, where, partial=False):
+        if not matches(meta, where, partial=False):
             return
         try:
             count = nifti_slice_count(path)
@@ -219,7 +238,7 @@ def _expand(
             for n in _slice_indices(count, nifti_step, nifti_range):
                 yield ItemRef(f"{item_id}#slice={n}", source, n, dict(meta), nifti_window, kind)
             return
-    if _matches(meta, where, partial=False):
+    if matches(meta, where, partial=False):
         yield ItemRef(item_id, source, None, meta, kind=kind)
 
 
@@ -256,7 +275,7 @@ def iter_source(
         nifti_window = parse_window(nifti_window)
     elif nifti_window is not None:
         nifti_window = (float(nifti_window[0]), float(nifti_window[1]))
-    filters = {str(k): _alternatives(v) for k, v in (where or {}).items()}
+    filters = {str(k): alternatives(v) for k, v in (where or {}).items()}
 
     if path.is_dir():
         if split is not None:
