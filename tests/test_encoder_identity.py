@@ -23,6 +23,7 @@ PINNED = {
     "lite0+lite2": "639f9513643f7e73",
     "lite2+litemedsam": "0b6d014dc944b934",
     "litemedsam": "048a081d6cee182d",
+    "medclip": "3d22641b816092f8",
     "medsam-vit-b": "f46f82366b2bf64a",
     "rad-dino": "87c5328c580827ed",
     "resnet50": "bad4bdd57dec02a9",
@@ -39,7 +40,7 @@ def test_builtin_encoder_hashes_never_change():
 
 def test_every_builtin_name_is_pinned():
     names = {row["name"] for row in list_encoders()}
-    assert set(PINNED) <= names
+    assert set(PINNED) == names
 
 
 # --- registration does not depend on import order ----------------------------------------
