@@ -21,6 +21,7 @@ _STAGE_MODULES = [
     "radsearch.evaluate.cli",  # evaluate, compare
     "radsearch.tune_cli",  # tune
     "radsearch.serve.cli",  # serve
+    "radsearch.encoders.pull",  # pull
 ]
 
 
