@@ -290,14 +290,14 @@ def metrics_header(opts: EvalOptions, data: EvalData, k: int, recipe_spec) -> di
     }
 
 
-def score_column(opts, data: EvalData, metrics: dict, col: str, rows, scores, k: int):
+def score_column(opts, data: EvalData, metrics: dict, col: str, rows, k: int):
     """Step 4, per label column: the protocol's metrics into ``metrics``, with a warning
     for queries left out (unlabelled, or with a label the index lacks)."""
     qv, iv = data.column(col)
     unlabelled = sum(1 for v in qv if v == "")
     if unlabelled == len(qv):
         raise RadsearchError(f"column {col!r}: every query row is empty")
-    cm = protocol.column_metrics(col, rows, qv, iv, max_k=k, scores=scores)
+    cm = protocol.column_metrics(col, rows, qv, iv, max_k=k)
     js = cm.to_json()
     for name in COLUMN_SECTIONS:
         metrics[name][col] = js[name]
@@ -383,7 +383,7 @@ def run_evaluation(opts: EvalOptions) -> dict:
     k, index, scores, rows = search_neighbours(opts, data, out)
     metrics = metrics_header(opts, data, k, index.manifest.get("recipe"))
     col_metrics = {
-        col: score_column(opts, data, metrics, col, rows, scores, k) for col in opts.label_columns
+        col: score_column(opts, data, metrics, col, rows, k) for col in opts.label_columns
     }
     write_tables(opts, data, metrics, col_metrics, out)
     map_data = run_analyses(opts, data, metrics, k)
