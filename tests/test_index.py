@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from radsearch.errors import IndexError_, RadsearchError
+from radsearch.errors import IndexFormatError, RadsearchError
 from radsearch.index import Index
 from radsearch.index.core import MANIFEST
 from radsearch.io.items import ItemRef
@@ -101,7 +101,7 @@ def test_metadata_filter_and_one_per_patient(small_index):
         search_vectors(index, vecs[[0]], k=5, where={"nope": "x"})
 
 
-def test_majority_vote_counts_then_breaks_ties_by_score():
+def test_majority_vote_counts_then_breaks_ties_by_rank():
     from radsearch.search import Hit
 
     hits = [
@@ -113,7 +113,9 @@ def test_majority_vote_counts_then_breaks_ties_by_score():
     v = majority_vote(hits, "label")
     assert v == {"column": "label", "value": "y", "votes": 2, "share": round(2 / 3, 4)}
     tie = majority_vote(hits[:2] + [Hit(3, 0.1, "e", "", {"label": "x"}), hits[2]], "label")
-    assert tie["value"] == "y"  # 2 votes each: y's summed score 1.5 beats x's 1.0
+    assert tie["value"] == "x"  # 2 votes each: x's first hit ranks nearest (evaluate's rule)
+    tie = majority_vote([hits[1], hits[0], Hit(3, 0.65, "e", "", {"label": "x"}), hits[2]], "label")
+    assert tie["value"] == "y" and tie["votes"] == 2  # y's first hit is nearest now
     assert majority_vote([], "label") is None
 
 
@@ -158,25 +160,25 @@ def test_failed_save_leaves_previous_index_intact(small_index, monkeypatch):
 
 def test_damaged_or_mismatched_indexes_are_refused(small_index, tmp_path):
     path, vecs = small_index
-    with pytest.raises(IndexError_, match="no such index"):
+    with pytest.raises(IndexFormatError, match="no such index"):
         Index.open(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IndexError_, match="not a radsearch index"):
+    with pytest.raises(IndexFormatError, match="not a radsearch index"):
         Index.open(tmp_path / "empty")
     m = json.loads((path / MANIFEST).read_text())
     m["count"] = 31
     (path / MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(IndexError_, match="parts disagree"):
+    with pytest.raises(IndexFormatError, match="parts disagree"):
         Index.open(path)
     m["count"] = 30
     (path / MANIFEST).write_text(json.dumps(m))
     index = Index.open(path)
-    with pytest.raises(IndexError_, match="refusing to use it with 'efficientnet-lite2'"):
+    with pytest.raises(IndexFormatError, match="refusing to use it with 'efficientnet-lite2'"):
         index.check_model("efficientnet-lite2")
     index.check_model("efficientnet-lite0")
-    with pytest.raises(IndexError_, match="already exists"):
+    with pytest.raises(IndexFormatError, match="already exists"):
         Index.create(path, "efficientnet-lite0")
-    with pytest.raises(IndexError_, match="dim"):
+    with pytest.raises(IndexFormatError, match="dim"):
         index.add(refs(1, start=300), np.zeros((1, 7), np.float32))
 
 
@@ -187,3 +189,62 @@ def test_metadata_keys_that_collide_with_hit_fields_are_kept_apart(tmp_path):
     hit = search_vectors(index, np.asarray(index.embeddings), k=1)[0].hits[0]
     assert hit.source == "/data/a.png" and hit.metadata["meta_source"] == "dataset X"
     assert hit.to_dict()["source"] == "/data/a.png" and hit.to_dict()["meta_score"] == "5"
+
+
+def test_rows_remember_how_they_were_read_nifti_window(tmp_path):
+    """A NIfTI indexed with the lung window comes back from ``Index.ref`` with that window,
+    and the pixels decoded from the ref are the lung-window rendering, not the automatic."""
+    from io_fixtures import write_nifti
+    from radsearch.io.items import load_pixels
+    from radsearch.io.nifti import parse_window, read_nifti_slice
+    from radsearch.io.sources import iter_source
+    from radsearch.pipeline import build_index
+
+    hu = np.linspace(-1000, 1000, 24 * 20 * 3).reshape(24, 20, 3).astype(np.int16)
+    vol = write_nifti(tmp_path / "ct.nii.gz", hu)
+    refs = list(iter_source(vol, nifti_window="lung"))
+    build_index(refs, tmp_path / "idx", workers=0, progress=False)
+    index = Index.open(tmp_path / "idx")
+    lung = parse_window("lung")
+    assert index.count == 3
+    for row in range(3):
+        ref = index.ref(row)
+        assert ref.window == lung and ref.frame == row and ref.kind == "nifti"
+        assert ref.id == f"ct.nii.gz#slice={row}" and ref.source == str(vol)
+        pixels = load_pixels(ref)
+        assert np.array_equal(pixels, read_nifti_slice(vol, row, window=lung))
+        assert not np.array_equal(pixels, read_nifti_slice(vol, row))  # not the auto window
+    assert "_window_low" not in index.items.column_names  # metadata table unchanged
+    assert [r.window for r in index.refs([2, 0])] == [lung, lung]
+
+
+def test_index_without_read_columns_still_opens_and_parses_frames(small_index):
+    """An index written before the read columns existed: frames come from the id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, _ = small_index
+    table = pa.table(
+        {
+            "id": ["a.dcm#frame=2", "v.nii#slice=5", "b.png"],
+            "source": ["/d/a.dcm", "/d/v.nii", "/d/b.png"],
+            "label": ["x", "y", "z"],
+        }
+    )
+    vecs = np.asarray(Index.open(path, mmap=False).embeddings)[:3]
+    pq.write_table(table, path / "items.parquet")
+    m = json.loads((path / MANIFEST).read_text())
+    m["count"] = 3
+    (path / MANIFEST).write_text(json.dumps(m))
+    np.save(path / "embeddings.npy", vecs)
+    from radsearch.index.faiss_store import FaissStore
+
+    store = FaissStore(DIM)
+    store.build(vecs)
+    store.save(path)
+    old = Index.open(path)
+    assert [r.frame for r in old.refs([0, 1, 2])] == [2, 5, None]
+    assert old.ref(2) == ItemRef("b.png", "/d/b.png") and old.ref(2).metadata == {"label": "z"}
+    assert old.ref(0).window is None
+    old.save()  # rewritten with the columns; reads the same
+    assert [r.frame for r in Index.open(path).refs([0, 1, 2])] == [2, 5, None]

@@ -60,12 +60,12 @@ def test_metadata_lives_in_milvus_and_large_row_filters(small_index, monkeypatch
 
 
 def test_missing_collection_is_refused(small_index):
-    from radsearch.errors import IndexError_
+    from radsearch.errors import IndexFormatError
 
     path, _ = small_index
     index = Index.open(path)
     index.store.client.drop_collection(index.store.name)
-    with pytest.raises(IndexError_, match="not found"):
+    with pytest.raises(IndexFormatError, match="not found"):
         Index.open(path)
 
 

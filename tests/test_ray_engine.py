@@ -13,8 +13,11 @@ pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                 "RAY_BACKEND_LOG_LEVEL": "fatal"}.items():
+    for k, v in {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_BACKEND_LOG_LEVEL": "fatal",
+    }.items():
         os.environ.setdefault(k, v)
     import ray
 
@@ -66,8 +69,33 @@ def test_ray_engine_equals_local_engine(local_ray, folder_with_bad_file, tmp_pat
     li = build_index(refs, tmp_path / "idx-local", progress=False, batch_size=4, engine="local")
     ri = build_index(refs, tmp_path / "idx-ray", progress=False, batch_size=4, engine="ray")
     assert li.index.items.column("id").to_pylist() == ri.index.items.column("id").to_pylist()
-    np.testing.assert_allclose(np.asarray(li.index.embeddings), np.asarray(ri.index.embeddings), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(li.index.embeddings), np.asarray(ri.index.embeddings), atol=1e-6
+    )
     assert len(ri.failures) == 1 and (tmp_path / "idx-ray" / "failures.jsonl").exists()
     # a re-run has nothing left to embed
     again = build_index(refs, tmp_path / "idx-ray", progress=False, engine="ray")
     assert again.added == 0 and again.skipped_existing == 12
+
+
+@pytest.mark.slow
+def test_ray_engine_collates_fusion_items_like_local(
+    local_ray, folder_with_bad_file, tmp_path, monkeypatch
+):
+    """A fusion encoder's items are tuples (one input per member): the Ray actor collates
+    them through the encoder, so every readable item is indexed, as by the local engine."""
+    from radsearch.io.sources import iter_source
+    from radsearch.pipeline import build_index
+
+    monkeypatch.setenv("RADSEARCH_RUNTIME", "torch")
+    refs = list(iter_source(folder_with_bad_file, label_from_folder=True))
+    model = "fusion:efficientnet-lite0+efficientnet-lite2"
+    kw = {"model": model, "progress": False, "batch_size": 4}
+    li = build_index(refs, tmp_path / "idx-local", engine="local", workers=0, **kw)
+    ri = build_index(refs, tmp_path / "idx-ray", engine="ray", **kw)
+    assert li.added == ri.added == 12
+    assert [f["id"] for f in ri.failures] == [f["id"] for f in li.failures] == ["blob/broken.png"]
+    assert li.index.items.column("id").to_pylist() == ri.index.items.column("id").to_pylist()
+    a, b = np.asarray(li.index.embeddings), np.asarray(ri.index.embeddings)
+    assert a.shape == b.shape == (12, 2560)
+    assert float(np.abs(a - b).max()) <= 1e-5

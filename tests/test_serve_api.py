@@ -40,7 +40,8 @@ def query_png(tmp_path_factory) -> bytes:
 def _client(index, **kw) -> TestClient:
     from radsearch.serve import create_app
 
-    return TestClient(create_app(index, **kw), raise_server_exceptions=False)
+    return TestClient(create_app(index, **kw), base_url="http://127.0.0.1",
+                      raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_search_hits_identical_to_cli(small_index, query_png, tmp_path, capsys):
     assert main(["search", str(small_index), str(qpath), "-k", "5", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)["queries"][0]
 
-    api = _search(_client(small_index, show_phi=True), query_png).json()
+    api = _search(_client(small_index, show_phi=True, show_paths=True), query_png).json()
     assert api["hits"] == cli["hits"]
     assert api["suggestion"] == cli["suggestion"]
     assert api["hits"][0]["label"] == "rings"
@@ -204,14 +205,14 @@ def test_k_limit_and_validation_errors_are_json(small_index, query_png):
 
 
 def test_internal_errors_hide_the_traceback(small_index, query_png, monkeypatch):
-    import radsearch.serve.app as serve_app
+    import radsearch.serve.routes_api as routes_api
 
     c = _client(small_index)
 
     def boom(*a, **k):
         raise ValueError("secret internal detail /home/x")
 
-    monkeypatch.setattr(serve_app, "encode_png", boom)
+    monkeypatch.setattr(routes_api, "encode_png", boom)
     r = c.get("/api/items/img/stripes-0.png/image", params={"size": 17})
     assert r.status_code == 500
     assert r.json() == {"error": "internal server error (ValueError)"}
@@ -272,3 +273,31 @@ def test_nifti_query_with_slice(client, tmp_path):
     assert r.json()["hits"][0]["label"] == "stripes"
     r = _search(client, p.read_bytes(), name="vol.nii.gz")  # middle slice by default
     assert r.status_code == 200
+
+
+def test_nifti_indexed_with_lung_window_is_served_with_it(tmp_path, capsys):
+    """The item image of a NIfTI slice is rendered with the window used at indexing
+    (``--nifti-window lung``), not the automatic one."""
+    nib = pytest.importorskip("nibabel")
+    from radsearch.cli import main
+    from radsearch.index import Index
+    from radsearch.io.nifti import parse_window, read_nifti_slice
+
+    rng = np.random.default_rng(0)
+    vol = (rng.normal(0, 1, (64, 64, 3)) * 300 - 400).astype(np.int16)  # HU-like
+    path = tmp_path / "chest.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    out = tmp_path / "idx"
+    assert main(["index", str(path), "--out", str(out), "--nifti-window", "lung",
+                 "--no-progress", "--workers", "0"]) == 0
+    capsys.readouterr()
+    index = Index.open(out)
+    c = _client(out)
+    for row, item_id in enumerate(index.items.column("id").to_pylist()):
+        n = index.ref(row).frame
+        r = c.get(f"/api/items/{item_id.replace('#', '%23')}/image")
+        assert r.status_code == 200, r.text
+        served = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+        lung = read_nifti_slice(path, n, window=parse_window("lung"))
+        assert np.array_equal(served, lung), item_id
+        assert not np.array_equal(served, read_nifti_slice(path, n))  # automatic window

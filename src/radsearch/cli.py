@@ -1,7 +1,9 @@
 """``radsearch`` command line: one verb per stage (clip-retrieval style).
 
 index -> search -> info / models / remove here; evaluate, compare, tune and serve
-register themselves from their own modules (``_STAGE_MODULES``). User errors
+register themselves from their own modules (``_STAGE_MODULES``); a new verb is one
+``register(subparsers)`` there (or one ``_register_*`` here). Options may stand anywhere
+among a verb's arguments (``AnyOrderParser``). User errors
 (``RadsearchError``) print one line ``radsearch: error: ...`` and exit 1.
 """
 
@@ -15,55 +17,36 @@ from importlib.util import find_spec
 
 from radsearch.errors import RadsearchError
 from radsearch.regions.cli import add_region_args, region_options
+from radsearch.source_args import add_source_args, refs_from_args
 
 # Modules that add their own sub-commands: each has ``register(subparsers)``.
 _STAGE_MODULES = [
     "radsearch.evaluate.cli",  # evaluate, compare
-    "radsearch.tune",  # tune
+    "radsearch.tune_cli",  # tune
     "radsearch.serve.cli",  # serve
     "radsearch.regions.cli",  # explain
+    "radsearch.encoders.pull",  # pull
 ]
 
 
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("source")
-    g.add_argument("--root", help="folder that CSV file paths are relative to (default: the CSV's)")
-    g.add_argument("--split", help="keep CSV rows whose 'split' column equals this (e.g. train)")
-    g.add_argument("--filter", dest="source_where", action="append", default=[], metavar="COL=VALUE",
-                   help="keep source rows whose metadata matches (repeatable; VALUE may be A,B)")
-    g.add_argument("--label-from-folder", action="store_true",
-                   help="folder source: the parent folder name becomes the 'label' column")
-    g.add_argument("--nifti-step", type=int, default=1, help="NIfTI: keep every n-th axial slice")
-    g.add_argument("--nifti-range", metavar="START:STOP", help="NIfTI: slice range to keep")
-    g.add_argument("--nifti-window", metavar="W",
-                   help="NIfTI intensity window: brain, lung, bone, abdomen or LOW,HIGH")
+class AnyOrderParser(argparse.ArgumentParser):
+    """A verb's parser: options may come before, between or after its positionals.
 
+    Plain ``parse_args`` gives a ``nargs="*"`` positional everything up to the first
+    option and then rejects the rest (``search DIR -k 5 q.jpg``); intermixed parsing
+    reads the options first and the positionals from what is left, wherever they stand.
+    """
 
-def refs_from_args(args) -> list:
-    """The source's ItemRefs as the shared source options say."""
-    from radsearch.io.sources import iter_source, parse_where
+    _intermixing = False
 
-    nifti_range = None
-    if args.nifti_range:
-        a, _, b = args.nifti_range.partition(":")
-        nifti_range = (int(a or 0), int(b) if b else None)
-    window = None
-    if args.nifti_window:
-        from radsearch.io.nifti import parse_window
-
-        window = parse_window(args.nifti_window)
-    return list(
-        iter_source(
-            args.source,
-            root=args.root,
-            split=args.split,
-            where=parse_where(args.source_where) or None,
-            label_from_folder=args.label_from_folder,
-            nifti_step=args.nifti_step,
-            nifti_range=nifti_range,
-            nifti_window=window,
-        )
-    )
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # the intermixed parser's own passes
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def cmd_index(args) -> int:
@@ -80,6 +63,9 @@ def cmd_index(args) -> int:
         )
     else:
         refs = refs_from_args(args)
+    from radsearch.studies.identity import with_study_column
+
+    refs = with_study_column(refs, args.study_column)
     if not refs:
         raise RadsearchError(f"{args.source}: no images found")
     if args.runtime:
@@ -148,6 +134,10 @@ def cmd_search(args) -> int:
     index.check_model(args.model)
     if (args.nprobe or args.ef_search) and hasattr(index.store, "set_search_params"):
         index.store.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
+    if args.study or args.study_id or args.group_by == "study":
+        from radsearch.studies.cli import study_search
+
+        return study_search(args, index)
     if bool(args.queries) == bool(args.text):
         raise RadsearchError("give query images or --text, not both (and not neither)")
     results = index.search(
@@ -224,8 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="radsearch", description="Content-based image retrieval for radiology."
     )
     parser.add_argument("--version", action="version", version=f"radsearch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=AnyOrderParser)
+    for register in (_register_index, _register_search, _register_index_tools):
+        register(sub)
+    for mod in _STAGE_MODULES:
+        if find_spec(mod.rpartition(".")[0]) and find_spec(mod):
+            import_module(mod).register(sub)
+    return parser
 
+
+def _register_index(sub) -> None:
     p = sub.add_parser("index", help="build or extend an index from a folder, CSV, file or PACS")
     p.add_argument("source", help="folder, CSV manifest, image/DICOM/NIfTI file, or dicomweb:URL")
     p.add_argument("--out", required=True, help="index directory (created or extended)")
@@ -249,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not keep region features (no --roi queries or explain maps on this index)")
     g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
                    help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
-    _add_source_args(p)
+    add_source_args(p)
+    p.add_argument("--study-column", metavar="COL",
+                   help="CSV column naming each row's study (e.g. patient_id; default: DICOM "
+                        "study uid, NIfTI file, else each item its own study)")
     g = p.add_argument_group("PACS (dicomweb:URL sources)")
     g.add_argument("--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)")
     g.add_argument("--dicomweb-password",
@@ -257,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dicomweb-token", help="bearer token (default: $RADSEARCH_DICOMWEB_TOKEN)")
     p.set_defaults(func=cmd_index)
 
+
+def _register_search(sub) -> None:
     p = sub.add_parser("search", help="find the indexed images most similar to query images")
     p.add_argument("index", help="index directory")
     p.add_argument("queries", nargs="*", help="query image files (PNG, JPEG, DICOM, NIfTI)")
@@ -272,8 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=int, help="IVF indexes: lists probed (recall vs speed)")
     p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
     add_region_args(p)
+    g = p.add_argument_group("studies (see docs/studies.md)")
+    g.add_argument("--study", nargs="+", metavar="QUERY",
+                   help="one query study (DICOM folder or series, NIfTI volume, image files): "
+                        "return studies")
+    g.add_argument("--study-id", metavar="ID", help="query with an indexed study; return studies")
+    g.add_argument("--group-by", choices=["item", "study"], default="item",
+                   help="single-image search: each study once, with its best item")
     p.set_defaults(func=cmd_search)
 
+
+def _register_index_tools(sub) -> None:
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("index")
     p.add_argument("--json", action="store_true")
@@ -288,11 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*")
     p.add_argument("--ids-file", help="file with one id per line")
     p.set_defaults(func=cmd_remove)
-
-    for mod in _STAGE_MODULES:
-        if find_spec(mod.rpartition(".")[0]) and find_spec(mod):
-            import_module(mod).register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

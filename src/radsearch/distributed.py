@@ -1,7 +1,8 @@
 """Distributed extraction on Ray: ``radsearch index ... --engine ray [--ray-address ...]``.
 
-A Ray Data pipeline: items -> decode + preprocess (Ray tasks, any node) -> encode (an
-actor pool, one encoder replica per actor; GPUs when the cluster has them) -> the
+A Ray Data pipeline: items -> decode + preprocess (Ray tasks, any node) -> collate and
+encode (an actor pool, one encoder replica per actor; GPUs when the cluster has them;
+both steps are :mod:`radsearch.decode`'s, as in the local engine) -> the
 driver, which writes the *same* resumable shards and ``failures.jsonl`` as the local
 engine (``radsearch.embed.ShardWriter``), in the same order (``preserve_order``), so
 the index built from them is identical. Only pending items are sent: a re-run after a
@@ -15,11 +16,13 @@ storage) - the decode step runs where Ray schedules it.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from radsearch.decode import collate_decoded, decode_item
 from radsearch.embed import EmbedResult, start_run
 from radsearch.encoders import Encoder
 from radsearch.errors import RadsearchError
@@ -57,69 +60,50 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, **kwarg
     return ray
 
 
-def _row(i: int, ref: ItemRef) -> dict:
-    lo, hi = ref.window if ref.window else (np.nan, np.nan)
-    return {
-        "i": i,
-        "id": ref.id,
-        "source": ref.source,
-        "frame": -1 if ref.frame is None else int(ref.frame),
-        "wlo": float(lo),
-        "whi": float(hi),
-    }
-
-
 class _DecodeBatch:
-    """Ray task body: rows -> preprocessed arrays (zeros + reason where unreadable)."""
+    """Ray task body: pickled refs -> pickled ``decode_item`` outputs and reasons.
 
-    def __init__(self, preprocess, shape):
+    Inputs travel pickled, whatever their shape (a fusion encoder's item is a tuple of
+    arrays, one per member), and only the encode actor collates them."""
+
+    def __init__(self, preprocess):
         self.preprocess = preprocess
-        self.shape = shape
 
     def __call__(self, batch: dict) -> dict:
-        from radsearch.io.items import load_pixels
-
-        n = len(batch["i"])
-        x = np.zeros((n, *self.shape), np.float32)
-        errs = []
-        for j in range(n):
-            window = None
-            if not np.isnan(batch["wlo"][j]):
-                window = (float(batch["wlo"][j]), float(batch["whi"][j]))
-            frame = int(batch["frame"][j])
-            ref = ItemRef(
-                id=str(batch["id"][j]),
-                source=str(batch["source"][j]),
-                frame=None if frame < 0 else frame,
-                window=window,
-            )
-            try:
-                x[j] = self.preprocess(load_pixels(ref))
-                errs.append("")
-            except RadsearchError as exc:
-                errs.append(str(getattr(exc, "reason", exc)) or "unreadable")
-            except Exception as exc:  # a decoder bug must not kill a long run
-                errs.append(f"{type(exc).__name__}: {exc}")
-        return {"i": np.asarray(batch["i"]), "x": x, "err": np.asarray(errs, dtype=object)}
+        xs, errs = [], []
+        for blob in batch["ref"]:
+            x, err = decode_item(pickle.loads(blob), self.preprocess)
+            xs.append(b"" if err else pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL))
+            errs.append(err or "")
+        return {
+            "i": np.asarray(batch["i"]),
+            "x": np.asarray(xs, dtype=object),
+            "err": np.asarray(errs, dtype=object),
+        }
 
 
 class _EncodeActor:
-    """One encoder replica per actor; encodes only the rows that decoded."""
+    """One encoder replica per actor: collates the rows that decoded through the
+    encoder (``collate_decoded``) and encodes them."""
 
     def __init__(self, encoder: Encoder, threads: int):
         import torch
 
         self.encoder = encoder
         torch.set_num_threads(max(1, threads))
-        module = getattr(encoder.module, "threads", "n/a")
-        if module != "n/a":
-            encoder.module.threads = max(1, threads)
+        for member in getattr(encoder, "members", [encoder]):
+            if hasattr(member.module, "threads"):  # an ONNX Runtime session
+                member.module.threads = max(1, threads)
 
     def __call__(self, batch: dict) -> dict:
-        ok = np.asarray([e == "" for e in batch["err"]], bool)
-        vec = np.zeros((len(ok), self.encoder.dim), np.float32)
-        if ok.any():
-            vec[ok] = self.encoder.encode(np.ascontiguousarray(batch["x"][ok]))
+        decoded = [
+            (j, None if err else pickle.loads(x), err or None)
+            for j, (x, err) in enumerate(zip(batch["x"], batch["err"], strict=True))
+        ]
+        rows, x, _ = collate_decoded(self.encoder.collate, decoded)
+        vec = np.zeros((len(decoded), self.encoder.dim), np.float32)
+        if rows:
+            vec[rows] = self.encoder.encode(x)
         return {"i": batch["i"], "vec": vec, "err": batch["err"]}
 
 
@@ -151,18 +135,21 @@ def embed_refs_ray(
                 accelerate(encoder, runtime)
             cpus = int(ray.cluster_resources().get("CPU", cpu_threads()))
             gpus = int(ray.cluster_resources().get("GPU", 0)) if actor_gpus else 0
-            size = num_actors or (gpus if gpus else max(1, min(cpus, 2 if cpus <= 4 else cpus // 2)))
-            per_actor = actor_cpus if actor_cpus is not None else max(0.25, min(1.0, cpus / (2 * size)))
+            size = num_actors or (
+                gpus if gpus else max(1, min(cpus, 2 if cpus <= 4 else cpus // 2))
+            )
+            per_actor = (
+                actor_cpus if actor_cpus is not None else max(0.25, min(1.0, cpus / (2 * size)))
+            )
             threads = max(1, int(cpus // size))
             ctx = ray.data.DataContext.get_current()
             ctx.execution_options.preserve_order = True
             ctx.enable_progress_bars = False
-            shape = (3, encoder.config.input_size, encoder.config.input_size)
-            rows = [_row(i, r) for i, r in enumerate(pending)]
+            rows = [{"i": i, "ref": pickle.dumps(r)} for i, r in enumerate(pending)]
             blocks = max(1, min(len(rows) // max(batch_size, 1), 4 * cpus) or 1)
             ds = ray.data.from_items(rows, override_num_blocks=blocks)
             ds = ds.map_batches(
-                _DecodeBatch(encoder.preprocess_fn(), shape),
+                _DecodeBatch(encoder.preprocess_fn()),
                 batch_size=batch_size,
                 batch_format="numpy",
                 num_cpus=0.5,

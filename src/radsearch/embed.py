@@ -14,17 +14,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from radsearch.decode import collate_decoded, decode_item
 from radsearch.encoders import Encoder
 from radsearch.errors import RadsearchError
-from radsearch.io.items import ItemRef, load_pixels
+from radsearch.io.items import ItemRef
 
 SHARD_GLOB = "shard-*.npz"
+# Vectors are checkpointed at least this often, so small runs (fewer items than a
+# shard) resume after a crash too.
+CHECKPOINT_SECONDS = 10.0
 
 
 @dataclass
@@ -37,7 +42,7 @@ class EmbedResult:
 
 
 class _Decode:
-    """Picklable per-item job for worker processes: load + preprocess, never raise."""
+    """Picklable per-item job for worker processes: ``decode_item`` by position."""
 
     def __init__(self, refs: Sequence[ItemRef], encoder: Encoder):
         self.refs = refs
@@ -47,17 +52,7 @@ class _Decode:
         return len(self.refs)
 
     def __getitem__(self, i):
-        ref = self.refs[i]
-        try:
-            return i, self.preprocess(load_pixels(ref)), None
-        except RadsearchError as exc:
-            return i, None, str(getattr(exc, "reason", exc))
-        except Exception as exc:  # a decoder bug must not kill a long run
-            return i, None, f"{type(exc).__name__}: {exc}"
-
-
-def _collate(batch):
-    return batch
+        return (i, *decode_item(self.refs[i], self.preprocess))
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
@@ -123,6 +118,7 @@ class ShardWriter:
         self.ids: list[str] = []
         self.vecs: list[np.ndarray] = []
         self._ffh = None
+        self._last_flush = time.monotonic()
 
     def pending(self, refs: Sequence[ItemRef]) -> list[ItemRef]:
         return [r for r in refs if r.id not in self.done and r.id not in self.failed]
@@ -138,10 +134,12 @@ class ShardWriter:
     def put(self, ids: list[str], vecs: np.ndarray) -> None:
         self.ids.extend(ids)
         self.vecs.append(np.asarray(vecs, np.float32))
-        if len(self.ids) >= self.shard_size:
+        due = time.monotonic() - self._last_flush >= CHECKPOINT_SECONDS
+        if len(self.ids) >= self.shard_size or due:
             self.flush()
 
     def flush(self) -> None:
+        self._last_flush = time.monotonic()
         if not self.ids:
             return
         vecs = np.concatenate(self.vecs).astype(np.float32)
@@ -199,11 +197,7 @@ class _Collate:
         self.collate = encoder.collate
 
     def __call__(self, batch):
-        ok = [(i, x) for i, x, err in batch if err is None]
-        errors = [(i, err) for i, _, err in batch if err is not None]
-        if not ok:
-            return [], None, errors
-        return [i for i, _ in ok], self.collate([x for _, x in ok]), errors
+        return collate_decoded(self.collate, batch)
 
 
 def embed_refs(

@@ -26,8 +26,5 @@ class EncoderError(RadsearchError):
     """Unknown encoder name, or its weights cannot be found."""
 
 
-class IndexError_(RadsearchError):
+class IndexFormatError(RadsearchError):
     """An index directory is missing, damaged or does not match the request."""
-
-
-IndexMismatchError = IndexError_

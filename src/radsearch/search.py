@@ -6,7 +6,6 @@ return identical hits for the same query.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,12 @@ class Hit:
     match_box: list[int] | None = None  # region queries: where in the hit it matched
 
     def to_dict(self) -> dict:
-        d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id, "source": self.source}
+        d = {
+            "rank": self.rank,
+            "score": round(float(self.score), 6),
+            "id": self.id,
+            "source": self.source,
+        }
         if self.match_box is not None:
             d["match_box"] = list(self.match_box)
         d.update(self.metadata)
@@ -50,23 +54,24 @@ class QueryResult:
 
 
 def majority_vote(hits: list[Hit], column: str) -> dict | None:
-    """Most frequent non-empty ``column`` value among the hits; ties go to the value
-    with the larger summed score. ``share`` is its fraction of the voting hits."""
-    votes: Counter = Counter()
-    weight: dict = defaultdict(float)
-    for h in hits:
-        v = h.metadata.get(column, "")
-        if v not in ("", None):
-            votes[v] += 1
-            weight[v] += h.score
-    if not votes:
+    """The :func:`radsearch.vote.vote` winner among the hits' non-empty ``column``
+    values (a tie goes to the nearer); ``share`` is its fraction of the voting hits."""
+    from radsearch.vote import vote
+
+    values = [h.metadata.get(column, "") for h in hits]
+    voting = [v for v in values if v not in ("", None)]
+    if not voting:
         return None
-    value = max(votes, key=lambda v: (votes[v], weight[v]))
+    vocab = list(dict.fromkeys(voting))
+    code = {v: i for i, v in enumerate(vocab)}
+    labels = np.asarray([[code.get(v, -1) if v not in ("", None) else -1 for v in values]])
+    value = vocab[int(vote(labels, len(vocab))[0])]
+    votes = voting.count(value)
     return {
         "column": column,
         "value": value,
-        "votes": votes[value],
-        "share": round(votes[value] / sum(votes.values()), 4),
+        "votes": votes,
+        "share": round(votes / len(voting), 4),
     }
 
 
@@ -74,7 +79,10 @@ def filter_rows(index, where: dict | None) -> np.ndarray | None:
     """Row numbers whose metadata matches every ``column -> value`` (comma = any of)."""
     if not where:
         return None
+    import pyarrow as pa
     import pyarrow.compute as pc
+
+    from radsearch.io.sources import alternatives
 
     mask = None
     for col, value in where.items():
@@ -83,8 +91,8 @@ def filter_rows(index, where: dict | None) -> np.ndarray | None:
                 f"filter column {col!r} is not in the index (columns: "
                 f"{', '.join(index.items.column_names)})"
             )
-        allowed = [v.strip() for v in str(value).split(",")]
-        m = pc.is_in(index.items.column(col), value_set=__import__("pyarrow").array(allowed))
+        allowed = pa.array(sorted(alternatives(value)))
+        m = pc.is_in(index.items.column(col), value_set=allowed)
         mask = m if mask is None else pc.and_(mask, m)
     rows = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
     return rows.astype(np.int64)
@@ -94,7 +102,9 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
     """Images (HxWx3 arrays), paths or an ``NxD`` float array -> (labels, vectors)."""
     if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
         if queries.shape[1] != index.dim:
-            raise RadsearchError(f"query vectors have dim {queries.shape[1]}, index has {index.dim}")
+            raise RadsearchError(
+                f"query vectors have dim {queries.shape[1]}, index has {index.dim}"
+            )
         return [f"vector[{i}]" for i in range(len(queries))], queries.astype(np.float32)
     if isinstance(queries, (str, Path, np.ndarray)):
         queries = [queries]
@@ -110,19 +120,17 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
             images.append(np.asarray(q))
     encoder = index.encoder()
     recipe = index.recipe
-    if recipe is not None and hasattr(recipe, "encode_queries"):
+    if recipe is not None:
         return names, recipe.encode_queries(encoder, images)
     return names, encoder.encode_images(images)
 
 
 def embed_texts(index, text: str | list[str]) -> tuple[list[str], np.ndarray]:
     """Text queries -> (labels, vectors) with the index encoder's text tower."""
-    from radsearch.encoders.hub import encode_text
-
     texts = [text] if isinstance(text, str) else [str(t) for t in text]
     if not texts or not all(t.strip() for t in texts):
         raise RadsearchError("text query is empty")
-    return [f"text:{t}" for t in texts], encode_text(index.encoder(), texts)
+    return [f"text:{t}" for t in texts], index.encoder().encode_text(texts)
 
 
 def search_index(

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radsearch.errors import RadsearchError
+from radsearch.vote import vote
 
 DEFAULT_KS = (1, 3, 5, 10)
+# neighbours per query that ``evaluate`` fetches (``--max-k``) and ``tune`` scores from
+DEFAULT_MAX_K = 100
 
 
 def encode_labels(*columns, empty=("",)) -> tuple[list[np.ndarray], list[str]]:
@@ -190,23 +193,11 @@ def average_precision_at_k(hits: np.ndarray, relevant: np.ndarray) -> np.ndarray
 def majority_vote(
     neighbours: np.ndarray, index_codes: np.ndarray, k: int, n_labels: int
 ) -> np.ndarray:
-    """Most frequent label among the first k neighbours; a tie goes to the tied label
-    ranked first (nearest). -1 where no neighbour has a label."""
+    """The :func:`radsearch.vote.vote` winner among the first k neighbours (the rule
+    ``search`` suggests with: a tie goes to the tied label ranked first). -1 where no
+    neighbour has a label."""
     nb = np.asarray(neighbours)[:, :k]
-    Q = nb.shape[0]
-    lab = np.where(nb >= 0, np.asarray(index_codes)[np.maximum(nb, 0)], -1)
-    votes = np.zeros((Q, n_labels + 1), dtype=np.int32)  # last column: "no label"
-    first = np.full((Q, n_labels + 1), k, dtype=np.int32)
-    rows = np.arange(Q)
-    for j in range(nb.shape[1] - 1, -1, -1):
-        c = np.where(lab[:, j] >= 0, lab[:, j], n_labels)
-        votes[rows, c] += 1
-        first[rows, c] = j
-    votes[:, n_labels] = 0
-    key = votes.astype(np.int64) * (k + 1) + (k - first)
-    key[:, n_labels] = -1
-    pred = key.argmax(axis=1)
-    return np.where(votes.max(axis=1) > 0, pred, -1)
+    return vote(np.where(nb >= 0, np.asarray(index_codes)[np.maximum(nb, 0)], -1), n_labels)
 
 
 def classification_scores(true: np.ndarray, pred: np.ndarray, n_labels: int) -> dict:

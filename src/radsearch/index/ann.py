@@ -33,6 +33,20 @@ import numpy as np
 
 from radsearch.errors import RadsearchError
 
+
+class SearchKnobs:
+    """``set_search_params`` for every vector store: query-time ``nprobe`` /
+    ``ef_search`` kept in ``self.overrides`` (this process only; the manifest keeps
+    the tuned values)."""
+
+    overrides: dict
+
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        if nprobe:
+            self.overrides["nprobe"] = int(nprobe)
+        if ef_search:
+            self.overrides["ef_search"] = int(ef_search)
+
 TYPES = (
     "auto",
     "flat",
@@ -264,7 +278,9 @@ def calibrate(store, vectors: np.ndarray, *, seed: int = RECALL_SEED) -> dict:
         return spec
     exact = exact_neighbours(vectors, rows, 10)
     target = float(spec.get("target_recall", DEFAULT_TARGET))
-    knob = "nprobe" if built.startswith("ivf") else "ef_search" if built.startswith("hnsw") else None
+    knob = (
+        "nprobe" if built.startswith("ivf") else "ef_search" if built.startswith("hnsw") else None
+    )
     if knob and (knob not in spec or spec.get("tuned")):
         spec["tuned"] = True
         steps = NPROBE_STEPS if knob == "nprobe" else EF_STEPS

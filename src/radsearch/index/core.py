@@ -1,12 +1,14 @@
 """The index directory: the contract between stages.
 
 ``DIR/manifest.json`` (encoder name + config + hash, dim, metric, count, store, recipe,
-versions), ``DIR/items.parquet`` (row i = vector i: ``id``, ``source``, metadata),
+versions), ``DIR/items.parquet`` (row i = vector i: ``id``, ``source``, metadata, and
+how the row was read: see ``radsearch.index.rows``),
 ``DIR/embeddings.npy`` (the encoder's L2-normalised vectors, before any recipe) and the
-vector store's files (``vectors.faiss``). Every write goes through ``_commit``: files
-are staged in ``DIR/.next``, the stage is renamed to ``DIR/.commit`` (the point of no
-return), then moved into place manifest last; ``open`` rolls a found ``.commit``
-forward and discards a ``.next``, so a crash never leaves a half-written index.
+vector store's files (``vectors.faiss``). Every write goes through ``save``: staged,
+committed with a rename, moved into place manifest last, under a write lock that
+refuses a second writer; ``open`` rolls an interrupted commit forward and retries a
+read a commit overlapped (see ``radsearch.index.commit``), so a crash never leaves a
+half-written index and readers never break a commit.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
-from radsearch.errors import IndexError_
+from radsearch.errors import IndexFormatError, RadsearchError
+from radsearch.index import rows as _rows
+from radsearch.index.commit import ABSORBS_WORK, MANIFEST, recover, settle, unchanged, writing
 from radsearch.io.items import ItemRef
 from radsearch.regions import features as regions_hooks
 
-MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 FORMAT_VERSION = 1
@@ -55,16 +58,16 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def recover(path: Path) -> None:
-    """Finish or discard an interrupted commit (see module docstring)."""
-    nxt, com = path / ".next", path / ".commit"
-    if nxt.exists():
-        shutil.rmtree(nxt)
-    if com.exists():
-        names = sorted(p.name for p in com.iterdir())
-        for name in sorted(names, key=lambda n: n == MANIFEST):  # manifest last
-            os.replace(com / name, path / name)
-        com.rmdir()
+def _check_manifest(manifest, mpath: Path) -> None:
+    """Refuse a manifest lacking what every reader relies on, naming the first gap."""
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{mpath}: damaged manifest (not a JSON object)")
+    for key, kind in (("count", int), ("dim", int), ("encoder", dict), ("store", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise IndexFormatError(f"{mpath}: damaged manifest (no valid {key!r})")
+    encoder = manifest["encoder"]
+    if not all(isinstance(encoder.get(k), t) for k, t in (("name", str), ("config", dict))):
+        raise IndexFormatError(f"{mpath}: damaged manifest (no valid encoder name/config)")
 
 
 RESERVED_COLUMNS = ("id", "source", "rank", "score")
@@ -82,13 +85,15 @@ class Index:
     def __init__(self, path: Path, manifest: dict, items, embeddings: np.ndarray, store):
         self.path = Path(path)
         self.manifest = manifest
-        self.items = items  # pyarrow.Table
+        # pyarrow.Table of id, source and metadata; how each row was read is kept apart
+        self.items, self._read = _rows.split_table(items)
         self.embeddings = embeddings
         self.store = store
         if hasattr(store, "bind"):  # stores that keep metadata too (Milvus)
             store.bind(self)
         self._encoder: Encoder | None = None
         self._row_of: dict[str, int] | None = None
+        self._present: set | None = None  # (source, frame) of every row
         self._recipe: tuple[str, object] | None = None  # (manifest spec as JSON, Recipe)
 
     # -- construction ---------------------------------------------------------------
@@ -104,7 +109,7 @@ class Index:
         """A new, empty index (written on the first ``save``). Refuses an existing one."""
         path = Path(path)
         if (path / MANIFEST).exists():
-            raise IndexError_(f"{path}: an index already exists here")
+            raise IndexFormatError(f"{path}: an index already exists here")
         cfg = encoder if isinstance(encoder, EncoderConfig) else get_config(encoder)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -125,36 +130,57 @@ class Index:
 
     @classmethod
     def open(cls, path: str | Path, *, mmap: bool = True) -> Index:
-        """Open an index directory, checking that its parts agree with each other."""
+        """Open an index directory, checking that its parts agree with each other.
+
+        Safe while another process commits: a read that a commit overlapped is retried.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise IndexFormatError(f"{path}: no such index directory")
+        for _ in range(100):
+            stamp = settle(path)
+            parts = cls._read_parts(path, mmap)
+            if unchanged(path, stamp):
+                return cls(path, *parts)
+        raise IndexFormatError(f"{path}: keeps changing while being read; try again")
+
+    @classmethod
+    def _read_parts(cls, path: Path, mmap: bool):
         import pyarrow.parquet as pq
 
-        path = Path(path)
-        if not path.exists():
-            raise IndexError_(f"{path}: no such index directory")
-        recover(path)
         mpath = path / MANIFEST
         if not mpath.exists():
-            raise IndexError_(f"{path}: not a radsearch index (no {MANIFEST})")
+            raise IndexFormatError(f"{path}: not a radsearch index (no {MANIFEST})")
         try:
             manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise IndexError_(f"{mpath}: damaged manifest ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IndexFormatError(f"{mpath}: damaged manifest ({exc})") from None
+        _check_manifest(manifest, mpath)
         try:
             items = pq.read_table(path / ITEMS)
             emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{path}: damaged index files ({exc})") from None
+            raise IndexFormatError(f"{path}: damaged index files ({exc})") from None
         n = manifest["count"]
-        if items.num_rows != n or emb.shape[0] != n or emb.shape[1] != manifest["dim"]:
-            raise IndexError_(
+        if items.num_rows != n or emb.ndim != 2 or emb.shape != (n, manifest["dim"]):
+            raise IndexFormatError(
                 f"{path}: parts disagree (manifest count {n}, items {items.num_rows}, "
                 f"embeddings {emb.shape})"
             )
         store = cls._make_store(manifest)
-        store.load(path)
+        try:
+            store.load(path)
+        except RadsearchError:
+            raise
+        except Exception as exc:  # FAISS and Milvus raise their own types
+            raise IndexFormatError(
+                f"{path}: cannot load the vector store ({type(exc).__name__}: {exc})"
+            ) from None
         if store.ntotal != n:
-            raise IndexError_(f"{path}: vector store holds {store.ntotal} vectors, expected {n}")
-        return cls(path, manifest, items, emb, store)
+            raise IndexFormatError(
+                f"{path}: vector store holds {store.ntotal} vectors, expected {n}"
+            )
+        return manifest, items, emb, store
 
     @staticmethod
     def _make_store(manifest: dict):
@@ -167,7 +193,7 @@ class Index:
             from radsearch.index.milvus_store import MilvusStore
 
             return MilvusStore(manifest["dim"], spec)
-        raise IndexError_(f"unknown vector store kind {spec['kind']!r}")
+        raise IndexFormatError(f"unknown vector store kind {spec['kind']!r}")
 
     # -- properties -----------------------------------------------------------------
     @property
@@ -225,7 +251,7 @@ class Index:
         cfg = get_config(name)
         mine = self.manifest["encoder"]
         if cfg.hash != mine["hash"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{self.path}: index was built with encoder {mine['name']!r} "
                 f"(config {mine['hash']}); refusing to use it with {name!r} (config {cfg.hash})"
             )
@@ -249,6 +275,23 @@ class Index:
         self.row_of("")
         return set(self._row_of)
 
+    def ref(self, row: int) -> ItemRef:
+        """Row ``row`` as the ``ItemRef`` it was indexed from (frame, window, kind)."""
+        return self.refs([row])[0]
+
+    def refs(self, rows) -> list[ItemRef]:
+        """``ItemRef``s of ``rows``: what every reader decodes an indexed image from."""
+        return _rows.make_refs(self.items, self._read, rows)
+
+    def new_refs(self, refs: list[ItemRef]) -> list[ItemRef]:
+        """The refs whose image is not in the index yet, each with an id free in it."""
+        return [r for _, r in self._assign(refs)]
+
+    def _assign(self, refs: list[ItemRef]) -> list[tuple[int, ItemRef]]:
+        if self._present is None:
+            self._present = _rows.identities(self.items, self._read)
+        return _rows.assign(refs, self.ids, set(self._present))
+
     # -- mutation -------------------------------------------------------------------
     def add(self, refs: list[ItemRef], vectors: np.ndarray, regions=None) -> int:
         """Append items not yet in the index (by id); returns how many were added.
@@ -259,18 +302,17 @@ class Index:
 
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise IndexError_(f"{self.path}: vectors of dim {vectors.shape[-1]} != index dim {self.dim}")
-        existing = self.ids
-        keep, seen = [], set()
-        for i, r in enumerate(refs):
-            if r.id not in existing and r.id not in seen:
-                keep.append(i)
-                seen.add(r.id)
-        if not keep:
+            raise IndexFormatError(
+                f"{self.path}: vectors of dim {vectors.shape[-1]} != index dim {self.dim}"
+            )
+        planned = self._assign(list(refs))
+        if not planned:
             return 0
-        new_refs = [refs[i] for i in keep]
+        keep = [i for i, _ in planned]
+        new_refs = [r for _, r in planned]
         new_vecs = vectors[keep]
-        cols = {"id": [r.id for r in new_refs], "source": [r.source for r in new_refs]}
+        safe = _rows.safe_text
+        cols = {"id": [r.id for r in new_refs], "source": [safe(r.source) for r in new_refs]}
         keys: list[str] = []
         for r in new_refs:
             for k in r.metadata:
@@ -278,9 +320,13 @@ class Index:
                     keys.append(k)
         for k in keys:
             vals = [r.metadata.get(k) for r in new_refs]
-            cols[metadata_column(k)] = [None if v is None else str(v) for v in vals]
+            cols[metadata_column(k)] = [None if v is None else safe(str(v)) for v in vals]
+        from radsearch.studies.identity import STUDY_COLUMN, study_of
+
+        cols[STUDY_COLUMN] = [safe(study_of(r)) for r in new_refs]
         new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
+        self._read = pa.concat_tables([self._read, _rows.read_columns(new_refs)])
         self.embeddings = np.concatenate([np.asarray(self.embeddings), new_vecs])
         regions_hooks.on_add(self, keep, regions)
         self._after_change(appended=new_vecs)
@@ -293,6 +339,7 @@ class Index:
             return 0
         keep = np.asarray([i for i in range(self.count) if i not in drop], dtype=np.int64)
         self.items = self.items.take(keep)
+        self._read = self._read.take(keep)
         self.embeddings = np.asarray(self.embeddings)[keep]
         regions_hooks.on_remove(self, keep)
         self._after_change(appended=None)
@@ -301,6 +348,7 @@ class Index:
     def _after_change(self, appended: np.ndarray | None) -> None:
         self.manifest["count"] = int(self.items.num_rows)
         self._row_of = None
+        self._present = None
         recipe = self.recipe
         if recipe is not None and recipe.needs_refit_on_change:
             recipe.fit(np.asarray(self.embeddings))
@@ -328,35 +376,44 @@ class Index:
         self.store.build(self.db_vectors(np.asarray(self.embeddings)))
 
     # -- persistence ----------------------------------------------------------------
-    def save(self) -> None:
-        """Write every part, atomically with respect to crashes (see module docstring)."""
+    def save(self, *, absorbs_work: bool = False) -> None:
+        """Write every part, atomically with respect to crashes (see module docstring).
+
+        Holds the write lock (refusing while another process writes); ``absorbs_work``:
+        the commit also removes the embedding checkpoints in ``DIR/.work``.
+        """
+        with writing(self.path):
+            recover(self.path)
+            stage = self.path / ".next"
+            stage.mkdir()
+            try:
+                self._write_stage(stage)
+                if absorbs_work:
+                    (stage / ABSORBS_WORK).touch()
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            os.replace(stage, self.path / ".commit")
+            recover(self.path)
+
+    def _write_stage(self, stage: Path) -> None:
         import pyarrow.parquet as pq
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        recover(self.path)
-        stage = self.path / ".next"
-        stage.mkdir()
-        try:
-            pq.write_table(self.items, stage / ITEMS)
-            np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
-            self.store.save(stage)
-            regions_hooks.on_save(self, stage)
-            recipe = self.recipe
-            if recipe is not None and recipe.state:
-                from radsearch.recipe import STATE_FILE
+        pq.write_table(_rows.join_table(self.items, self._read), stage / ITEMS)
+        np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
+        self.store.save(stage)
+        regions_hooks.on_save(self, stage)
+        recipe = self.recipe
+        if recipe is not None and recipe.state:
+            from radsearch.recipe import STATE_FILE
 
-                np.savez(stage / STATE_FILE, **recipe.state)
-            self.manifest["updated"] = _now()
-            self.manifest["versions"] = _versions()
-            self.manifest["count"] = int(self.items.num_rows)
-            (stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
-            for p in stage.iterdir():
-                _fsync_file(p)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        os.replace(stage, self.path / ".commit")
-        recover(self.path)
+            np.savez(stage / STATE_FILE, **recipe.state)
+        self.manifest["updated"] = _now()
+        self.manifest["versions"] = _versions()
+        self.manifest["count"] = int(self.items.num_rows)
+        (stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+        for p in stage.iterdir():
+            _fsync_file(p)
 
     # -- search ---------------------------------------------------------------------
     def search(self, queries, k: int = 10, **options):
@@ -396,5 +453,3 @@ class Index:
             "updated": m.get("updated"),
             "versions": m.get("versions", {}),
         }
-
-

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from radsearch.errors import IndexError_, RadsearchError
+from radsearch.errors import IndexFormatError, RadsearchError
+from radsearch.index.ann import SearchKnobs
 
 MILVUS_FILE = "milvus.json"
 INSERT_CHUNK = 2000
@@ -68,14 +69,16 @@ def close_client(uri: str) -> None:
         client.close()
 
 
-class MilvusStore:
+class MilvusStore(SearchKnobs):
     kind = "milvus"
 
     def __init__(self, dim: int, spec: dict):
         self.dim = dim
         self.spec = spec
         if not spec.get("uri"):
-            raise IndexError_("milvus store: no uri (use --store milvus:<path or http://host:port>)")
+            raise IndexFormatError(
+                "milvus store: no uri (use --store milvus:<path or http://host:port>)"
+            )
         spec["uri"] = normalise_uri(spec["uri"])
         spec.setdefault("collection", f"radsearch_{uuid.uuid4().hex[:12]}_g0")
         spec.setdefault("index_type", "FLAT")
@@ -151,7 +154,9 @@ class MilvusStore:
         if self.client.has_collection(self.name) and self._committed is not None:
             base, _, gen = self.name.rpartition("_g")
             self._retired.append(self.name)
-            self.spec["collection"] = f"{base}_g{int(gen) + 1}" if gen.isdigit() else f"{self.name}_g1"
+            self.spec["collection"] = (
+                f"{base}_g{int(gen) + 1}" if gen.isdigit() else f"{self.name}_g1"
+            )
         self._create()
         if len(vectors):
             self._insert(vectors)
@@ -162,12 +167,6 @@ class MilvusStore:
         self._insert(vectors)
 
     # -- querying -------------------------------------------------------------------
-    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        if nprobe:
-            self.overrides["nprobe"] = int(nprobe)
-        if ef_search:
-            self.overrides["ef_search"] = int(ef_search)
-
     def _params(self) -> dict:
         s = {**self.spec, **self.overrides}
         params = {}
@@ -247,11 +246,13 @@ class MilvusStore:
     def load(self, folder: Path) -> None:
         path = Path(folder) / MILVUS_FILE
         if not path.exists():
-            raise IndexError_(f"{folder}: milvus store without {MILVUS_FILE}")
+            raise IndexFormatError(f"{folder}: milvus store without {MILVUS_FILE}")
         info = json.loads(path.read_text())
         self.spec["uri"], self.spec["collection"] = info["uri"], info["collection"]
         if not self.client.has_collection(self.name):
-            raise IndexError_(f"{folder}: Milvus collection {self.name!r} not found at {info['uri']}")
+            raise IndexFormatError(
+                f"{folder}: Milvus collection {self.name!r} not found at {info['uri']}"
+            )
         self.client.load_collection(self.name)
         # roll back appends of a save that never committed, drop superseded generations
         self.client.delete(self.name, filter=f"row >= {int(info['count'])}")
@@ -262,6 +263,6 @@ class MilvusStore:
         self._committed = self._n
         self._retired = []
         if self._n != info["count"]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"{folder}: Milvus collection {self.name!r} holds {self._n} rows, expected {info['count']}"
             )

@@ -1,13 +1,18 @@
-"""The item model shared by every stage, and pixel loading dispatched by file type."""
+"""The item model shared by every stage, the one file-kind detector, and pixel loading.
+
+Item ids of file sources are path text with ``%``, ``#`` and undecodable file-name
+bytes percent-encoded (``text_id``), so the ``#frame=N`` / ``#slice=N`` separator of
+multi-frame DICOM and NIfTI items can never come from a file name.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from radsearch.errors import ImageReadError
 
 # Decompression-bomb guard: images with more pixels than this are refused.
 MAX_PIXELS = 100_000_000
@@ -18,7 +23,8 @@ class ItemRef:
     """A lazily loaded image: a file, or one frame (DICOM) / slice (NIfTI) of it.
 
     ``id`` is unique within an index and stable across runs (relative path, plus
-    ``#frame=N`` / ``#slice=N``); ``source`` is the file path or URL the pixels come from.
+    ``#frame=N`` / ``#slice=N``); ``source`` is the file path or URL the pixels come from;
+    ``kind`` (dicom, nifti, raster) saves sniffing the file again when known.
     """
 
     id: str
@@ -27,12 +33,13 @@ class ItemRef:
     metadata: dict = field(default_factory=dict, hash=False, compare=False)
     # NIfTI intensity window (low, high); None = automatic (percentiles).
     window: tuple[float, float] | None = None
+    kind: str | None = None
 
 
 def load_pixels(ref: ItemRef) -> np.ndarray:
     """Decode ``ref`` to an ``HxWx3 uint8`` RGB array, or raise ``ImageReadError``."""
     path = ref.source
-    kind = file_kind(path)
+    kind = ref.kind or file_kind(path)
     if kind == "dicom":
         from radsearch.io.dicom import read_dicom_frame
 
@@ -51,20 +58,55 @@ def read_image(path: str | Path, frame: int = 0) -> np.ndarray:
     return load_pixels(ItemRef(id=str(path), source=str(path), frame=frame))
 
 
-def file_kind(path: str | Path) -> str:
-    """'dicom', 'nifti' or 'raster', from the name and, for DICOM, the magic bytes."""
-    name = str(path).lower()
-    if name.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    if name.endswith((".dcm", ".dicom")):
-        return "dicom"
-    if name.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")):
-        return "raster"
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + RASTER_SUFFIXES
+_KIND_OF_SUFFIX = {
+    **dict.fromkeys(NIFTI_SUFFIXES, "nifti"),
+    **dict.fromkeys(DICOM_SUFFIXES, "dicom"),
+    **dict.fromkeys(RASTER_SUFFIXES, "raster"),
+}
+
+
+def image_suffix(name: str) -> str:
+    """The image suffix ``name`` ends with (lower case, ``.nii.gz`` whole), or ``''``."""
+    lower = str(name).lower()
+    return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), "")
+
+
+def kind_by_name(name: str | Path) -> str | None:
+    """'dicom', 'nifti' or 'raster' from the file name alone; None when it cannot say."""
+    return _KIND_OF_SUFFIX.get(image_suffix(str(name)))
+
+
+def has_dicm_magic(path: str | Path) -> bool:
+    """Whether a regular file carries the DICOM ``DICM`` magic (others are never opened)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as fh:
             head = fh.read(132)
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from None
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    return "raster"
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def file_kind(path: str | Path) -> str:
+    """'dicom', 'nifti' or 'raster', from the name and, for DICOM, the magic bytes."""
+    return kind_by_name(path) or ("dicom" if has_dicm_magic(path) else "raster")
+
+
+def text_id(text: str, escape: str = "%#") -> str:
+    """``text`` with ``escape`` characters and undecodable bytes percent-encoded.
+
+    File names may hold any byte but ``/`` and NUL; this makes ids valid UTF-8 and keeps
+    ``#`` for the frame/slice separator. Names without ``%``/``#`` keep their text.
+    """
+    out = []
+    for ch in text:
+        if ch in escape or "\udc80" <= ch <= "\udcff":
+            out.extend(f"%{b:02X}" for b in os.fsencode(ch))
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from radsearch.errors import ImageReadError, SourceError
 from radsearch.io.dicom import METADATA_KEYS
-from radsearch.io.items import ItemRef, file_kind
+from radsearch.io.items import ItemRef, file_kind, has_dicm_magic, kind_by_name, text_id
 
-RASTER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-DICOM_EXTS = (".dcm", ".dicom")
-NIFTI_EXTS = (".nii", ".nii.gz")
 # Accepted names of a manifest's path column, in order of preference.
 PATH_COLUMNS = ("filepath", "path", "image_path")
 # Direct patient identifiers read from DICOM headers but never put into item metadata
@@ -44,7 +42,7 @@ def parse_where(filters: Iterable[str] | None) -> dict[str, str]:
     return out
 
 
-def _alternatives(value) -> frozenset[str]:
+def alternatives(value) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset(v.strip() for v in value.split(","))
     if isinstance(value, Iterable):
@@ -52,7 +50,7 @@ def _alternatives(value) -> frozenset[str]:
     return frozenset({str(value)})
 
 
-def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial: bool) -> bool:
+def matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial: bool) -> bool:
     """Whether ``meta`` passes every filter; ``partial`` skips keys ``meta`` lacks."""
     for key, allowed in where.items():
         if key not in meta:
@@ -64,24 +62,12 @@ def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial
     return True
 
 
-def _kind_by_name(name: str) -> str | None:
-    lower = name.lower()
-    if lower.endswith(NIFTI_EXTS):
-        return "nifti"
-    if lower.endswith(DICOM_EXTS):
-        return "dicom"
-    if lower.endswith(RASTER_EXTS):
-        return "raster"
-    return None
-
-
-def _has_dicm_magic(path: Path) -> bool:
+def _is_special(path: Path) -> bool:
+    """Not a regular file (or a link to nothing): such entries are never opened."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+        return not stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+        return True
 
 
 def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Path, dict, str]]:
@@ -89,6 +75,8 @@ def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Pa
 
     Files with unknown extensions are kept only when they carry the DICM magic: DICOM
     exports often name files by UID (``1.2.840...``) or with no extension at all.
+    FIFOs, sockets, devices and broken links are kept too, unopened, so that they are
+    reported rather than silently left out.
     """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -97,16 +85,21 @@ def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Pa
             if name.startswith("."):
                 continue
             full = Path(dirpath) / name
-            kind = _kind_by_name(name)
+            kind = kind_by_name(name)
             if kind is None:
-                if name.upper() == "DICOMDIR" or not _has_dicm_magic(full):
+                if name.upper() == "DICOMDIR":
                     continue
-                kind = "dicom"
+                if has_dicm_magic(full):
+                    kind = "dicom"
+                elif _is_special(full):
+                    kind = "raster"  # never opened: decoding reports it
+                else:
+                    continue
             rel = full.relative_to(folder)
             meta = {}
             if label_from_folder:
                 meta["label"] = rel.parent.name if rel.parent != Path(".") else ""
-            found.append((rel.as_posix(), full, meta, kind))
+            found.append((text_id(rel.as_posix()), full, meta, kind))
     found.sort(key=lambda entry: entry[0])
     return found
 
@@ -161,7 +154,7 @@ def _csv_entries(
 
     # Absolute, so an index's ``source`` column works from any working directory.
     base = (Path(root) if root is not None else csv_path.parent).resolve()
-    allowed_splits = _alternatives(split) if split is not None else None
+    allowed_splits = alternatives(split) if split is not None else None
     seen: dict[str, int] = {}
     entries = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -181,7 +174,7 @@ def _csv_entries(
         path = Path(item_id)
         if not path.is_absolute():
             path = base / path
-        entries.append((item_id, path, meta, None))
+        entries.append((text_id(item_id), path, meta, None))
     all_cols = set(meta_cols) | ({"label"} if one_hot else set())
     return entries, all_cols
 
@@ -205,34 +198,37 @@ def _expand(
 ) -> Iterator[ItemRef]:
     """One entry -> its ItemRefs (frames / slices), with DICOM header metadata merged."""
     source = str(path)
-    if not _matches(meta, where, partial=True):  # cheap reject before reading headers
+    if not matches(meta, where, partial=True):  # cheap reject before reading headers
         return
     if kind == "dicom":
-        from radsearch.io.dicom import metadata_from_header, read_dicom_header
+        from radsearch.io.dicom import check_frame_count, metadata_from_header, read_dicom_header
 
         try:
             ds = read_dicom_header(path)
         except ImageReadError:
             ds = None  # keep the item: decoding will report the reason per item
         if ds is not None:
-            if from_folder and "Rows" not in ds:
-                return  # structured report, key object...: not an image
+            if from_folder and "Rows" not in ds and "SOPClassUID" in ds:
+                return  # structured report, key object...: a DICOM object, not an image
             header = metadata_from_header(ds)
             merged = {k: str(v) for k, v in header.items() if k not in PRIVATE_KEYS}
             merged.update(meta)  # manifest columns win over the header
-            if not _matches(merged, where, partial=False):
+            if not matches(merged, where, partial=False):
                 return
-            frames = int(header["number_of_frames"])
+            try:
+                frames = check_frame_count(ds, path)
+            except ImageReadError:
+                frames = 1  # one item: decoding reports the impossible frame count
             if frames > 1:
                 for n in range(frames):
-                    yield ItemRef(f"{item_id}#frame={n}", source, n, dict(merged))
+                    yield ItemRef(f"{item_id}#frame={n}", source, n, dict(merged), kind=kind)
             else:
-                yield ItemRef(item_id, source, None, merged)
+                yield ItemRef(item_id, source, None, merged, kind=kind)
             return
     elif kind == "nifti":
         from radsearch.io.nifti import nifti_slice_count
 
-        if not _matches(meta, where, partial=False):
+        if not matches(meta, where, partial=False):
             return
         try:
             count = nifti_slice_count(path)
@@ -240,10 +236,10 @@ def _expand(
             count = None
         if count is not None:
             for n in _slice_indices(count, nifti_step, nifti_range):
-                yield ItemRef(f"{item_id}#slice={n}", source, n, dict(meta), nifti_window)
+                yield ItemRef(f"{item_id}#slice={n}", source, n, dict(meta), nifti_window, kind)
             return
-    if _matches(meta, where, partial=False):
-        yield ItemRef(item_id, source, None, meta)
+    if matches(meta, where, partial=False):
+        yield ItemRef(item_id, source, None, meta, kind=kind)
 
 
 def iter_source(
@@ -279,7 +275,7 @@ def iter_source(
         nifti_window = parse_window(nifti_window)
     elif nifti_window is not None:
         nifti_window = (float(nifti_window[0]), float(nifti_window[1]))
-    filters = {str(k): _alternatives(v) for k, v in (where or {}).items()}
+    filters = {str(k): alternatives(v) for k, v in (where or {}).items()}
 
     if path.is_dir():
         if split is not None:
@@ -293,7 +289,7 @@ def iter_source(
     else:
         if split is not None:
             raise SourceError(f"{spec}: split={split!r} needs a CSV manifest with a 'split' column")
-        entries = [(path.name, path, {}, None)]
+        entries = [(text_id(path.name), path, {}, None)]
         columns = set()
         from_folder = False
 
@@ -304,13 +300,8 @@ def iter_source(
 
     def generate() -> Iterator[ItemRef]:
         for item_id, item_path, meta, kind in entries:
-            if kind is None:
-                kind = _kind_by_name(item_path.name)
-                if kind is None:
-                    try:
-                        kind = file_kind(item_path)
-                    except ImageReadError:
-                        kind = "raster"  # missing file: loading reports it per item
+            if kind is None:  # a missing file is "raster": loading reports it per item
+                kind = file_kind(item_path)
             yield from _expand(
                 item_id,
                 item_path,

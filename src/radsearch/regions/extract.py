@@ -125,3 +125,13 @@ def enable_regions(index, encoder, wanted: bool | None):
         encoder.feature_grid(None)  # raises the encoder's own "no spatial output" error
     index.manifest["regions"] = region_spec(encoder)
     return store_of(index)
+
+
+def codes_for_new_items(index, refs, regions, batch_size, workers, progress):
+    """``(codes, sizes)`` for the items the embedding pass kept, or None (no regions)."""
+    store = enable_regions(index, index.encoder(), regions)
+    if store is None or not refs:
+        return None
+    return extract_codes(
+        store, refs, index.encoder(), batch_size=batch_size, workers=workers, progress=progress
+    )
