@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_regions import PATCH, QUERY_PATCH, inside, plant, save, texture
 
 from radsearch.cli import main
 from radsearch.errors import RadsearchError
+from test_regions import PATCH, QUERY_PATCH, inside, plant, save, texture
 
 
 @pytest.fixture(scope="module")

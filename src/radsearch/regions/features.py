@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radsearch.errors import IndexError_, RadsearchError
+from radsearch.errors import IndexFormatError, RadsearchError
 
 CODES = "regions.npy"
 SIZES = "regions_sizes.npy"
@@ -115,9 +115,9 @@ class RegionStore:
             with np.load(path / STATE, allow_pickle=False) as z:
                 st = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
-            raise IndexError_(f"{path}: damaged region features ({exc})") from None
+            raise IndexFormatError(f"{path}: damaged region features ({exc})") from None
         if len(codes) != count or len(sizes) != count:
-            raise IndexError_(f"{path}: region features hold {len(codes)} items, expected {count}")
+            raise IndexFormatError(f"{path}: region features hold {len(codes)} items, expected {count}")
         codec = Codec(st["mean"], st["components"], st.get("lo"), st.get("scale"), spec["codec"])
         return cls(spec, codec, codes, sizes)
 
@@ -142,7 +142,7 @@ class RegionStore:
         if self.codec is None:
             self.fit(grids)
         if list(grids.shape[1:]) != [*self.spec["grid"], self.spec["channels"]]:
-            raise IndexError_(
+            raise IndexFormatError(
                 f"region grids of shape {tuple(grids.shape[1:])} do not match the index's"
             )
         return self.codec.encode(grids)
@@ -161,7 +161,7 @@ class RegionStore:
 
     def save(self, stage: Path) -> None:
         if self.codec is None:
-            raise IndexError_("region store is empty; nothing to save")
+            raise IndexFormatError("region store is empty; nothing to save")
         np.save(stage / CODES, np.asarray(self.codes))
         np.save(stage / SIZES, self.sizes)
         np.savez(stage / STATE, **self.codec.state())
@@ -206,7 +206,7 @@ def require(index) -> RegionStore:
     """The region store, or a one-line error naming the index."""
     store = store_of(index)
     if store is None or store.codec is None or len(store) == 0:
-        raise IndexError_(
+        raise IndexFormatError(
             f"{index.path}: index has no region features (rebuild it with region features on: "
             "radsearch index ... without --no-regions, with an encoder that has a spatial output)"
         )
@@ -219,10 +219,10 @@ def on_add(index, keep: list[int], regions) -> None:
     if store is None:
         return
     if regions is None:
-        raise IndexError_(f"{index.path}: index keeps region features; add() needs them too")
+        raise IndexFormatError(f"{index.path}: index keeps region features; add() needs them too")
     codes, sizes = regions
     if len(codes) != len(sizes):
-        raise IndexError_(f"{index.path}: {len(codes)} region codes for {len(sizes)} sizes")
+        raise IndexFormatError(f"{index.path}: {len(codes)} region codes for {len(sizes)} sizes")
     store.append_codes(np.asarray(codes)[keep], np.asarray(sizes)[keep])
 
 
@@ -236,5 +236,5 @@ def on_save(index, stage: Path) -> None:
     store = store_of(index)
     if store is not None and store.codec is not None:
         if len(store) != index.items.num_rows:
-            raise IndexError_(f"{index.path}: region features out of step with the items")
+            raise IndexFormatError(f"{index.path}: region features out of step with the items")
         store.save(stage)
