@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
@@ -14,6 +16,7 @@ def test_onnx_runtime_is_a_core_dependency():
     assert {"onnxruntime", "onnx"} <= names
 
 
+@pytest.mark.slow
 def test_auto_runtime_exports_and_checks_onnx_without_extras():
     import onnx  # noqa: F401  (no importorskip: the core install must have them)
     import onnxruntime  # noqa: F401
