@@ -43,9 +43,9 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
+    from radsearch.evaluate.analyses import scratch_index
     from radsearch.recipe import Recipe, load_recipe
     from radsearch.search import knn_rows
-    from radsearch.tune import VectorIndex
 
     npz = args.npz or next(iter(sorted((REPO / ".cache" / "tests").glob("radbench-*-lite0-*.npz"))), None)
     if not npz or not (RADBENCH / "radbench.csv").exists():
@@ -60,20 +60,20 @@ def main(argv=None) -> int:
         recipes[Path(f).stem] = load_recipe(f).settings()["steps"]
     print(f"index: {len(train)} train rows, dim {emb.shape[1]}; {len(test)} test queries, k={args.k}, one at a time")
     print(f"{'recipe':<16} {'fit+build s':>11} {'median ms':>10} {'p95 ms':>8}  steps")
-    vi = VectorIndex(train)
+    index = scratch_index(train)
     rows = []
     for name, steps in recipes.items():
         recipe = Recipe(steps) if steps else None
         t0 = time.perf_counter()
-        vi.index.set_recipe(recipe)
+        index.set_recipe(recipe)
         if recipe is not None:
-            recipe.db_matrix(vi.index)  # what the first re-ranked query would build
+            recipe.db_matrix(index)  # what the first re-ranked query would build
         build = time.perf_counter() - t0
-        knn_rows(vi.index, test[:1], args.k)  # warm-up
+        knn_rows(index, test[:1], args.k)  # warm-up
         times = []
         for q in test:
             t = time.perf_counter()
-            knn_rows(vi.index, q[None], args.k)
+            knn_rows(index, q[None], args.k)
             times.append((time.perf_counter() - t) * 1000)
         med, p95 = float(np.median(times)), float(np.percentile(times, 95))
         rows.append({"recipe": name, "fit_build_s": round(build, 2), "median_ms": round(med, 2), "p95_ms": round(p95, 2)})

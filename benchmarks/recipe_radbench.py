@@ -143,12 +143,13 @@ def split_rows(order: list[str]):
 
 
 def evaluate_features(x, df, rows, recipe, query_split="test"):
-    from radsearch.tune import VectorIndex, score_recipe
+    from radsearch.evaluate.analyses import scratch_index
+    from radsearch.tune import score_recipe
 
     labels = df.label.to_numpy().astype(object)
-    vi = VectorIndex(x[rows["train"]])
+    index = scratch_index(x[rows["train"]])
     q = rows[query_split]
-    return score_recipe(vi, recipe, x[q], labels[q], labels[rows["train"]])
+    return score_recipe(index, recipe, x[q], labels[q], labels[rows["train"]])
 
 
 FEATURE_SETS = {

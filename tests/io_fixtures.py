@@ -87,3 +87,78 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray | None = None
     img = nib.Nifti1Image(np.asarray(volume), np.eye(4) if affine is None else affine)
     nib.save(img, str(path))
     return path
+
+
+def write_nan_affine_nifti(path: Path) -> Path:
+    """A NIfTI-1 whose sform (the affine nibabel uses) holds NaN; nibabel cannot write one."""
+    write_nifti(path, np.arange(4 * 4 * 3, dtype=np.int16).reshape(4, 4, 3))
+    data = bytearray(path.read_bytes())
+    data[252:256] = struct.pack("<hh", 0, 1)  # qform_code 0, sform_code 1
+    data[280:296] = struct.pack("<4f", float("nan"), 0.0, 0.0, 0.0)  # srow_x
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_huge_nifti2(path: Path, slices: int = 2**31) -> Path:
+    """A tiny NIfTI-2 file whose header claims 1x1x``slices`` voxels."""
+    import nibabel as nib
+
+    hdr = nib.Nifti2Header()
+    hdr.set_data_shape((1, 1, slices))
+    hdr.set_data_dtype(np.uint8)
+    hdr["vox_offset"] = 544
+    path.write_bytes(hdr.binaryblock + b"\0" * 4 + b"\0" * 64)
+    return path
+
+
+def write_huge_frame_dicom(path: Path, frames: int = 2**31 - 1) -> Path:
+    """A 2-frame DICOM rewritten to claim ``frames`` frames (a few hundred bytes)."""
+    import pydicom
+
+    write_dicom(path, np.zeros((2, 4, 4), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = frames
+    ds.save_as(path)
+    return path
+
+
+def bad_corpus(root: Path) -> dict[str, int]:
+    """Good and hostile files under ``root``: {file name: items it should index}.
+
+    Every bad file must be reported (0 items); the good ones index their frames/slices.
+    """
+    import os
+
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(img).save(root / "good.png")
+    write_dicom(root / "good2.dcm", rng.integers(0, 4000, (2, 16, 16), dtype=np.uint16))
+    write_nifti(root / "good.nii.gz", rng.integers(-1000, 1000, (16, 16, 3), dtype=np.int16))
+    Image.fromarray(img).save(os.fsencode(root) + b"/caf\xe9-\xff.png")  # not UTF-8
+    expected = {"good.png": 1, "good2.dcm": 2, "good.nii.gz": 3, "caf\udce9-\udcff.png": 1}
+
+    full = (root / "good.png").read_bytes()
+    (root / "truncated.png").write_bytes(full[: len(full) // 2])
+    write_dicom(root / "truncated.dcm", rng.integers(0, 4000, (16, 16), dtype=np.uint16))
+    dcm = (root / "truncated.dcm").read_bytes()
+    (root / "truncated.dcm").write_bytes(dcm[: len(dcm) - 300])
+    (root / "garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage garbage " * 20)
+    (root / "noext").write_bytes(b"\0" * 128 + b"DICM" + rng.bytes(300))
+    (root / "empty.jpg").write_bytes(b"")
+    write_nan_affine_nifti(root / "nan_affine.nii")
+    write_nifti(root / "no_slices.nii", np.zeros((4, 4, 0), np.int16))
+    write_nifti(root / "zero_plane.nii", np.zeros((0, 0, 4), np.int16))
+    write_huge_frame_dicom(root / "frames_2e31.dcm")
+    write_huge_nifti2(root / "slices_2e31.nii")
+    os.mkfifo(root / "pipe.dcm")
+    os.mkfifo(root / "pipe")
+    bad = [
+        "truncated.png", "truncated.dcm", "garbage.dcm", "noext", "empty.jpg",
+        "nan_affine.nii", "no_slices.nii", "zero_plane.nii", "frames_2e31.dcm",
+        "slices_2e31.nii", "pipe.dcm", "pipe",
+    ]  # fmt: skip
+    expected.update(dict.fromkeys(bad, 0))
+    return expected

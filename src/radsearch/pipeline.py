@@ -3,12 +3,16 @@
 The one place that strings the stages together, used by ``radsearch index``, the
 Python API and the DICOMweb / Ray paths, so incremental and resumable behaviour is
 the same everywhere: only items not yet in the index are embedded, embeddings are
-checkpointed in ``DIR/.work/<encoder hash>/`` until the index commit succeeds.
+checkpointed in ``DIR/.work/<encoder hash>/`` until the index commit (which removes
+them) succeeds. The whole build holds the index's write lock, so a second writer is
+refused. ``DIR/failures.jsonl`` is the last run's report: one line per failed item,
+one summary line for a file that failed for many items.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,10 +21,13 @@ from pathlib import Path
 from radsearch.encoders import DEFAULT_ENCODER
 from radsearch.errors import RadsearchError
 from radsearch.index import Index
+from radsearch.index.commit import LOCK, WORK, writing
 from radsearch.index.core import MANIFEST
 from radsearch.io.items import ItemRef
 
 FAILURES = "failures.jsonl"
+# A file failing for more items than this gets one summary line in the report.
+SUMMARY_AFTER = 10
 
 
 @dataclass
@@ -39,9 +46,46 @@ def open_or_create(out: str | Path, model: str | None, store: dict | None = None
         index = Index.open(out)
         index.check_model(model)
         return index
-    if out.exists() and any(p for p in out.iterdir() if p.name not in (".work", ".next", FAILURES)):
-        raise RadsearchError(f"{out}: exists and is not a radsearch index; choose an empty --out")
+    refuse_foreign(out)
     return Index.create(out, model or DEFAULT_ENCODER, store=store)
+
+
+def refuse_foreign(out: Path) -> None:
+    """Refuse an ``--out`` folder that holds something other than an index."""
+    if (out / MANIFEST).exists() or not out.is_dir():
+        return
+    ours = (WORK, ".next", ".commit", LOCK, FAILURES)
+    if any(p for p in out.iterdir() if p.name not in ours):
+        raise RadsearchError(f"{out}: exists and is not a radsearch index; choose an empty --out")
+
+
+def failure_report(failures: list[dict]) -> list[dict]:
+    """Failure records as written to the report: per item, or one line per file that
+    failed for more than ``SUMMARY_AFTER`` items (``items``: how many, first and last id)."""
+    by_source: dict[str, list[dict]] = {}
+    for rec in failures:
+        by_source.setdefault(rec["source"], []).append(rec)
+    out = []
+    for recs in by_source.values():
+        if len(recs) <= SUMMARY_AFTER:
+            out.extend(recs)
+        else:
+            first = recs[0]
+            out.append({**first, "items": len(recs), "last_id": recs[-1]["id"]})
+    return out
+
+
+def write_failures(folder: Path, failures: list[dict]) -> None:
+    """Replace ``folder/failures.jsonl`` with this run's report (removed when clean)."""
+    path = folder / FAILURES
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(FAILURES + ".tmp")
+    with open(tmp, "w") as fh:
+        for rec in failure_report(failures):
+            fh.write(json.dumps(rec) + "\n")
+    os.replace(tmp, path)
 
 
 def build_index(
@@ -59,36 +103,40 @@ def build_index(
     engine_options: dict | None = None,
 ) -> BuildReport:
     """Add every item of ``refs`` not yet in the index at ``out`` (created if needed)."""
-    index = open_or_create(out, model, store)
-    refs = list(refs)
-    new = index.new_refs(refs)
-    skipped = len(refs) - len(new)
-    if not new:
-        return BuildReport(index, 0, skipped)
+    refuse_foreign(Path(out))
+    with writing(out):
+        index = open_or_create(out, model, store)
+        refs = list(refs)
+        new = index.new_refs(refs)
+        skipped = len(refs) - len(new)
+        if not new:
+            write_failures(index.path, [])
+            return BuildReport(index, 0, skipped)
+        result = _embed(
+            index, new, device, weights, batch_size, workers, progress, engine, engine_options
+        )
+        added = index.add(result.refs, result.vectors)
+        if added:
+            index.save(absorbs_work=True)
+        write_failures(index.path, result.failures)
+        shutil.rmtree(index.path / WORK, ignore_errors=True)
+    recall = (index.manifest.get("store") or {}).get("recall_at_10")
+    return BuildReport(index, added, skipped, result.failures, recall)
+
+
+def _embed(index, new, device, weights, batch_size, workers, progress, engine, options):
     encoder = index.encoder(device=device, weights=weights)
-    work = index.path / ".work" / encoder.config.hash
+    work = index.path / WORK / encoder.config.hash
     if engine == "local":
         from radsearch.embed import embed_refs
 
-        result = embed_refs(
+        return embed_refs(
             new, encoder, work, batch_size=batch_size, workers=workers, progress=progress
         )
-    elif engine == "ray":
+    if engine == "ray":
         from radsearch.distributed import embed_refs_ray
 
-        result = embed_refs_ray(
-            new, encoder, work, batch_size=batch_size, progress=progress, **(engine_options or {})
+        return embed_refs_ray(
+            new, encoder, work, batch_size=batch_size, progress=progress, **(options or {})
         )
-    else:
-        raise RadsearchError(f"unknown engine {engine!r} (choose local or ray)")
-    added = index.add(result.refs, result.vectors)
-    if added:
-        index.save()
-    if result.failures:
-        index.path.mkdir(parents=True, exist_ok=True)
-        with open(index.path / FAILURES, "a") as fh:
-            for rec in result.failures:
-                fh.write(json.dumps(rec) + "\n")
-    shutil.rmtree(index.path / ".work", ignore_errors=True)
-    recall = (index.manifest.get("store") or {}).get("recall_at_10")
-    return BuildReport(index, added, skipped, result.failures, recall)
+    raise RadsearchError(f"unknown engine {engine!r} (choose local or ray)")

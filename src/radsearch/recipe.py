@@ -200,6 +200,8 @@ class Recipe:
     def from_json(cls, path) -> Recipe:
         from pathlib import Path
 
+        if not Path(path).is_file():
+            raise RadsearchError(f"{path}: no such file")
         text = Path(path).read_text()
         try:
             spec = json.loads(text)

@@ -6,7 +6,6 @@ return identical hits for the same query.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,12 @@ class Hit:
     metadata: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        d = {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id, "source": self.source}
+        d = {
+            "rank": self.rank,
+            "score": round(float(self.score), 6),
+            "id": self.id,
+            "source": self.source,
+        }
         d.update(self.metadata)
         return d
 
@@ -47,23 +51,24 @@ class QueryResult:
 
 
 def majority_vote(hits: list[Hit], column: str) -> dict | None:
-    """Most frequent non-empty ``column`` value among the hits; ties go to the value
-    with the larger summed score. ``share`` is its fraction of the voting hits."""
-    votes: Counter = Counter()
-    weight: dict = defaultdict(float)
-    for h in hits:
-        v = h.metadata.get(column, "")
-        if v not in ("", None):
-            votes[v] += 1
-            weight[v] += h.score
-    if not votes:
+    """The :func:`radsearch.vote.vote` winner among the hits' non-empty ``column``
+    values; ``share`` is its fraction of the voting hits."""
+    from radsearch.vote import vote
+
+    values = [h.metadata.get(column, "") for h in hits]
+    vocab = sorted({v for v in values if v not in ("", None)}, key=str)
+    if not vocab:
         return None
-    value = max(votes, key=lambda v: (votes[v], weight[v]))
+    code = {v: i for i, v in enumerate(vocab)}
+    labels = np.asarray([[code.get(v, -1) if v not in ("", None) else -1 for v in values]])
+    scores = np.asarray([[float(h.score) for h in hits]])
+    value = vocab[int(vote(labels, len(vocab), scores)[0])]
+    votes = sum(1 for v in values if v == value)
     return {
         "column": column,
         "value": value,
-        "votes": votes[value],
-        "share": round(votes[value] / sum(votes.values()), 4),
+        "votes": votes,
+        "share": round(votes / sum(1 for v in values if v not in ("", None)), 4),
     }
 
 
@@ -91,7 +96,9 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
     """Images (HxWx3 arrays), paths or an ``NxD`` float array -> (labels, vectors)."""
     if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
         if queries.shape[1] != index.dim:
-            raise RadsearchError(f"query vectors have dim {queries.shape[1]}, index has {index.dim}")
+            raise RadsearchError(
+                f"query vectors have dim {queries.shape[1]}, index has {index.dim}"
+            )
         return [f"vector[{i}]" for i in range(len(queries))], queries.astype(np.float32)
     if isinstance(queries, (str, Path, np.ndarray)):
         queries = [queries]
@@ -114,12 +121,10 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
 
 def embed_texts(index, text: str | list[str]) -> tuple[list[str], np.ndarray]:
     """Text queries -> (labels, vectors) with the index encoder's text tower."""
-    from radsearch.encoders.hub import encode_text
-
     texts = [text] if isinstance(text, str) else [str(t) for t in text]
     if not texts or not all(t.strip() for t in texts):
         raise RadsearchError("text query is empty")
-    return [f"text:{t}" for t in texts], encode_text(index.encoder(), texts)
+    return [f"text:{t}" for t in texts], index.encoder().encode_text(texts)
 
 
 def search_index(

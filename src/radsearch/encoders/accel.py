@@ -189,7 +189,9 @@ def accelerate(encoder, runtime: str | None = None, *, min_speedup: float = 1.0)
         import onnxruntime  # noqa: F401
     except ImportError:
         if runtime == "onnx":
-            raise EncoderError('runtime onnx needs onnxruntime: pip install "radsearch[scale]"') from None
+            raise EncoderError(
+                'runtime onnx needs onnxruntime: pip install "radsearch[scale]"'
+            ) from None
         encoder.module = _torch_module()(eager).eval()
         encoder.runtime_info = info
         return encoder

@@ -2,7 +2,9 @@
 
 Like timm's ``pretrained_cfg``, an ``EncoderConfig`` carries everything preprocessing
 needs beside where the weights come from, so preprocessing never drifts from the
-weights; its ``hash`` is stored in every index manifest.
+weights. What the encoder computes (architecture, preprocessing, pooling) is kept apart
+from where its files lie (``location``); ``hash`` digests only the former and is stored
+in every index manifest, so moving a checkpoint keeps its indexes valid.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from radsearch.errors import EncoderError
 
 _INTERP = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -35,6 +39,8 @@ class EncoderConfig:
     before resizing, per channel): radiographs and ultrasound from different machines
     differ mostly in exposure and gain, which an ImageNet encoder otherwise encodes as
     strongly as the finding (docs/recipes.md measures the effect).
+    ``location``: where the files lie (``local_dir``, ``weights_file``); not hashed. A
+    config read from a location is named by it, so its name is not hashed either.
     """
 
     name: str
@@ -51,6 +57,7 @@ class EncoderConfig:
     description: str = ""
     weights_hint: str = ""
     extra: dict = field(default_factory=dict)
+    location: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -61,21 +68,51 @@ class EncoderConfig:
     def from_dict(cls, d: dict) -> EncoderConfig:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        if "location" not in d:  # manifests that kept locations in ``extra``
+            extra = dict(d.get("extra") or {})
+            d["location"] = {k: extra.pop(k) for k in LOCATION_KEYS if k in extra}
+            d["extra"] = extra
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+    def identity(self) -> dict:
+        """What determines the vectors: the config less descriptions, hints and location.
+
+        ``contrast`` is left out when ``none`` and fusion members keep their full
+        dicts (less location) so that every hash computed before stays the same. A
+        fusion with a located member is named after its path, so its name is left out.
+        """
+        d = _without_location(self.to_dict())
+        for k in ("description", "weights_hint"):
+            d.pop(k)
+        if d["contrast"] == "none":
+            d.pop("contrast")
+        members = d["extra"].get("members") if self.family == "fusion" else None
+        if members:
+            d["extra"] = {**d["extra"], "members": [_without_location(m) for m in members]}
+            if any(m.get("location") for m in members):  # its name and label hold their paths
+                d.pop("name", None)
+                d.pop("model_id")
+        return d
 
     @property
     def hash(self) -> str:
-        """Short digest of what determines the vectors (not descriptions or hints)."""
-        d = self.to_dict()
-        for k in ("description", "weights_hint"):
-            d.pop(k)
-        if d["contrast"] == "none":  # added later: indexes built before keep their hash
-            d.pop("contrast")
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        """Short digest of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def replace(self, **changes) -> EncoderConfig:
         return dataclasses.replace(self, **changes)
+
+
+LOCATION_KEYS = ("local_dir", "weights_file")
+
+
+def _without_location(d: dict) -> dict:
+    """A config dict less its location (and its name, when a location named it)."""
+    d = dict(d)
+    if d.pop("location", None):
+        d.pop("name", None)
+    return d
 
 
 def preprocess(rgb: np.ndarray, cfg: EncoderConfig) -> np.ndarray:
@@ -117,8 +154,12 @@ class Encoder:
     """A frozen feature extractor: ``config`` + a torch module mapping a batch to vectors.
 
     ``module(x)`` takes a ``Bx3xSxS`` float tensor and returns ``BxD`` pooled features;
-    ``encode`` adds device placement, autocast on CUDA and L2 normalisation.
+    ``encode`` adds device placement, autocast on CUDA and L2 normalisation. Families
+    whose models can do more (a text tower, several members) subclass it and say so in
+    ``register_family(..., encoder=...)``.
     """
+
+    supports_text = False
 
     def __init__(self, config: EncoderConfig, module, device: str = "cpu"):
         import torch
@@ -165,3 +206,10 @@ class Encoder:
         if not images:
             return np.zeros((0, self.dim), np.float32)
         return self.encode(self.collate([self.preprocess(im) for im in images]))
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> L2-normalised vectors in the image space (CLIP-family encoders only)."""
+        raise EncoderError(
+            f"model {self.config.name!r} has no text encoder; text queries need a CLIP-family "
+            "model such as biomedclip or clip-vit-l14"
+        )

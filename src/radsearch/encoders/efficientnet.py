@@ -11,7 +11,7 @@ import io
 from importlib import import_module
 
 from radsearch.encoders.base import EncoderConfig
-from radsearch.encoders.registry import register_encoder, register_family
+from radsearch.encoders.registry import register_derived, register_encoder, register_family
 from radsearch.errors import EncoderError
 
 # name -> (package module, class in it, native input size)
@@ -42,8 +42,29 @@ for _arch, (_pkg, _cls, _size) in _WEIGHT_PACKAGES.items():
 # output channels of each MBConv block, and of the head
 _CHANNELS = {
     "efficientnet-lite0": [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320],
-    "efficientnet-lite2": [16, 24, 24, 24, 48, 48, 48, 88, 88, 88, 88, 120, 120, 120, 120, 208,
-                           208, 208, 208, 208, 352],
+    "efficientnet-lite2": [
+        16,
+        24,
+        24,
+        24,
+        48,
+        48,
+        48,
+        88,
+        88,
+        88,
+        88,
+        120,
+        120,
+        120,
+        120,
+        208,
+        208,
+        208,
+        208,
+        208,
+        352,
+    ],
 }
 
 
@@ -81,12 +102,20 @@ def efficientnet_variant(
     if flip:
         extra["flip"] = True
     size = int(input_size or max([cfg.input_size, *(scales or [])]))
-    cfg = cfg.replace(name=name, extra=extra, input_size=size, pooling=pooling or cfg.pooling,
-                      contrast=contrast or cfg.contrast, description=description or f"{base} variant")
+    cfg = cfg.replace(
+        name=name,
+        extra=extra,
+        input_size=size,
+        pooling=pooling or cfg.pooling,
+        contrast=contrast or cfg.contrast,
+        description=description or f"{base} variant",
+    )
     ch = channels(cfg.model_id)
     bad = [layer for layer, _, _ in parse_taps(cfg) if layer not in ch]
     if bad:
-        raise EncoderError(f"model {name!r}: no layer(s) {bad} in {base} (have b0..b{len(ch) - 2}, head)")
+        raise EncoderError(
+            f"model {name!r}: no layer(s) {bad} in {base} (have b0..b{len(ch) - 2}, head)"
+        )
     dim = sum(tap_dim(layer, pool, ch) for layer, pool, _ in parse_taps(cfg))
     return cfg.replace(dim=dim)
 
@@ -183,7 +212,7 @@ def tap_dim(layer: str, pooling: str, channels: dict[str, int]) -> int:
 class EfficientNetLiteFeatures:
     """Factory for the torch module: backbone -> tapped feature maps -> pooling.
 
-    The default config taps the head map only (average pooled), exactly as before.
+    The default config taps the head map only, pooled with ``cfg.pooling``.
     Variants (all in ``EncoderConfig.extra``, so they change the config hash):
     ``taps``/``tap_weights`` (see :func:`parse_taps`), ``scales`` (extra input sizes:
     the preprocessed ``input_size`` image is resized on the tensor, antialiased, and
@@ -207,7 +236,6 @@ class EfficientNetLiteFeatures:
                 with contextlib.redirect_stdout(io.StringIO()):
                     self.net = EfficientNet.from_pretrained(cfg.model_id, weights_path=weights_path)
                 self.net._fc = torch.nn.Identity()
-                self.pooling = cfg.pooling
 
             def maps(self, x, layers):
                 """Feature maps of the requested layers (``head`` / ``bN``) for ``x``."""
@@ -246,16 +274,22 @@ class EfficientNetLiteFeatures:
                     return pool_tap(self.net.extract_features(x), taps[0][1])
                 blocks = self.raw(x, taps, scales, flip)
                 return torch.cat(
-                    [torch.nn.functional.normalize(b, dim=-1) * w for b, (_, _, w) in zip(blocks, taps, strict=True)],
+                    [
+                        torch.nn.functional.normalize(b, dim=-1) * w
+                        for b, (_, _, w) in zip(blocks, taps, strict=True)
+                    ],
                     dim=-1,
                 )
 
         return _Module()
 
 
+def _variant_builder(name: str, spec: dict):
+    return lambda: efficientnet_variant(name=name, **spec)
+
+
 for _name, _spec in VARIANTS.items():
-    _spec = dict(_spec)
-    register_encoder(efficientnet_variant(_spec.pop("base"), _name, **_spec))
+    register_derived(_name, _variant_builder(_name, _spec))
 
 
 @register_family("efficientnet-lite", available=_available)

@@ -16,9 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from radsearch.encoders import efficientnet, medsam  # noqa: F401  (members register first)
 from radsearch.encoders.base import Encoder, EncoderConfig
-from radsearch.encoders.registry import register_encoder, register_family, register_prefix
+from radsearch.encoders.registry import (
+    create_encoder,
+    get_config,
+    register_derived,
+    register_family,
+    register_prefix,
+    weights_available,
+)
 from radsearch.errors import EncoderError
 
 
@@ -44,16 +50,20 @@ def parse_members(spec: str) -> list[tuple[str, float]]:
     return out
 
 
-def fusion_config(members: list[tuple[str | EncoderConfig, float]], name: str | None = None) -> EncoderConfig:
+def fusion_config(
+    members: list[tuple[str | EncoderConfig, float]], name: str | None = None
+) -> EncoderConfig:
     """The config of a fusion of ``(encoder name or config, weight)`` pairs."""
-    from radsearch.encoders.registry import get_config
-
     cfgs = [m if isinstance(m, EncoderConfig) else get_config(m) for m, _ in members]
     for c in cfgs:
         if c.family == "fusion":
-            raise EncoderError(f"fusion member {c.name!r} is itself a fusion; list its members instead")
+            raise EncoderError(
+                f"fusion member {c.name!r} is itself a fusion; list its members instead"
+            )
     weights = [float(w) for _, w in members]
-    label = "+".join(f"{c.name}@{w:g}" if w != 1 else c.name for c, w in zip(cfgs, weights, strict=True))
+    label = "+".join(
+        f"{c.name}@{w:g}" if w != 1 else c.name for c, w in zip(cfgs, weights, strict=True)
+    )
     return EncoderConfig(
         name=name or f"fusion:{label}",
         family="fusion",
@@ -61,7 +71,9 @@ def fusion_config(members: list[tuple[str | EncoderConfig, float]], name: str | 
         dim=sum(c.dim for c in cfgs),
         input_size=max(c.input_size for c in cfgs),
         pooling="concat",
-        description="fusion of " + ", ".join(c.name for c in cfgs) + " (each block L2-normalised, weighted)",
+        description="fusion of "
+        + ", ".join(c.name for c in cfgs)
+        + " (each block L2-normalised, weighted)",
         weights_hint="; ".join(sorted({c.weights_hint for c in cfgs if c.weights_hint})),
         extra={"members": [c.to_dict() for c in cfgs], "weights": weights},
     )
@@ -72,10 +84,15 @@ def _from_prefix(rest: str) -> EncoderConfig:
     return fusion_config(parse_members(rest))
 
 
-def register_fusion(name: str, members: list[tuple[str, float]], description: str = "") -> EncoderConfig:
-    """Register ``name`` as the fusion of ``members`` (which must be registered already)."""
-    cfg = fusion_config(members, name=name)
-    return register_encoder(cfg.replace(description=description or cfg.description))
+def register_fusion(name: str, members: list[tuple[str, float]], description: str = "") -> None:
+    """Register ``name`` as the fusion of ``members``, resolved when ``name`` is asked for
+    (so members may be registered after it, in any module)."""
+
+    def build() -> EncoderConfig:
+        cfg = fusion_config(members, name=name)
+        return cfg.replace(description=description or cfg.description)
+
+    register_derived(name, build)
 
 
 class _Preprocess:
@@ -114,50 +131,41 @@ class FusionEncoder(Encoder):
             m.encode(b) * w for m, b, w in zip(self.members, batch, self.weights, strict=True)
         ]
         out = np.concatenate(blocks, axis=1)
-        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(
+            np.float32
+        )
 
 
-class _FusionFactory:
-    """What the fusion family's loader returns; the registry calls ``as_encoder``."""
+def build_fusion_encoder(cfg: EncoderConfig, module=None, device: str = "cpu") -> FusionEncoder:
+    """The fusion family's ``Encoder``: each member built from its stored config."""
+    members = [
+        create_encoder(EncoderConfig.from_dict(d), device=device) for d in cfg.extra["members"]
+    ]
+    return FusionEncoder(cfg, members, cfg.extra["weights"])
 
-    def as_encoder(self, cfg: EncoderConfig, device: str) -> FusionEncoder:
-        return build_fusion_encoder(cfg, device)
+
+def _members_available(cfg: EncoderConfig) -> bool:
+    return all(weights_available(EncoderConfig.from_dict(d)) for d in cfg.extra.get("members", []))
 
 
-@register_family("fusion", available=lambda cfg: _members_available(cfg))
+@register_family("fusion", available=_members_available, encoder=build_fusion_encoder)
 def load_fusion(cfg: EncoderConfig, weights: str | None):
+    """Members load their own weights: nothing to load for the fusion itself."""
     if weights:
         raise EncoderError(
             f"model {cfg.name!r}: --weights is ambiguous for a fusion; members load their own"
         )
-    return _FusionFactory()
+    return None
 
 
-def _members_available(cfg: EncoderConfig) -> bool:
-    from radsearch.encoders.registry import weights_available
-
-    return all(weights_available(EncoderConfig.from_dict(d)) for d in cfg.extra.get("members", []))
-
-
-def build_fusion_encoder(cfg: EncoderConfig, device: str = "cpu") -> FusionEncoder:
-    from radsearch.encoders.registry import create_encoder
-
-    members = [create_encoder(EncoderConfig.from_dict(d), device=device) for d in cfg.extra["members"]]
-    return FusionEncoder(cfg, members, cfg.extra["weights"])
-
-
-def register_builtin() -> None:
-    """Named fusions of the offline encoders."""
-    register_fusion(
-        "lite0+lite2",
-        [("efficientnet-lite0", 1.0), ("efficientnet-lite2", 1.0)],
-        "EfficientNet-Lite0 + Lite2 (offline), blocks L2-normalised, equal weights",
-    )
-    register_fusion(
-        "lite2+litemedsam",
-        [("efficientnet-lite2", 1.0), ("litemedsam", 1.0)],
-        "EfficientNet-Lite2 + LiteMedSAM (offline), blocks L2-normalised, equal weights",
-    )
-
-
-register_builtin()
+# Named fusions of the offline encoders.
+register_fusion(
+    "lite0+lite2",
+    [("efficientnet-lite0", 1.0), ("efficientnet-lite2", 1.0)],
+    "EfficientNet-Lite0 + Lite2 (offline), blocks L2-normalised, equal weights",
+)
+register_fusion(
+    "lite2+litemedsam",
+    [("efficientnet-lite2", 1.0), ("litemedsam", 1.0)],
+    "EfficientNet-Lite2 + LiteMedSAM (offline), blocks L2-normalised, equal weights",
+)

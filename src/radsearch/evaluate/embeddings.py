@@ -74,7 +74,13 @@ def load_embeddings(path: str | Path, ids: list[str]) -> np.ndarray:
                 raise RadsearchError(
                     f"{path}: needs arrays 'emb' and 'filepath' (has: {', '.join(z.files)})"
                 )
-            emb, paths = z["emb"], [str(p) for p in z["filepath"].tolist()]
+            try:
+                emb, paths = z["emb"], [str(p) for p in z["filepath"].tolist()]
+            except ValueError:  # an object array: reading it would mean unpickling
+                raise RadsearchError(
+                    f"{path}: 'filepath' is an object array, which is never unpickled; "
+                    "save it as strings: np.savez(..., filepath=np.asarray(paths, dtype=str))"
+                ) from None
         if emb.ndim != 2 or emb.shape[0] != len(paths):
             raise RadsearchError(
                 f"{path}: 'emb' has shape {emb.shape} but 'filepath' has {len(paths)} entries"

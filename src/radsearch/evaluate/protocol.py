@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from radsearch.errors import RadsearchError
+from radsearch.vote import vote
 
 DEFAULT_KS = (1, 3, 5, 10)
+# neighbours per query that ``evaluate`` fetches (``--max-k``) and ``tune`` scores from
+DEFAULT_MAX_K = 100
 
 
 def encode_labels(*columns, empty=("",)) -> tuple[list[np.ndarray], list[str]]:
@@ -188,25 +191,18 @@ def average_precision_at_k(hits: np.ndarray, relevant: np.ndarray) -> np.ndarray
 
 
 def majority_vote(
-    neighbours: np.ndarray, index_codes: np.ndarray, k: int, n_labels: int
+    neighbours: np.ndarray,
+    index_codes: np.ndarray,
+    k: int,
+    n_labels: int,
+    scores: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Most frequent label among the first k neighbours; a tie goes to the tied label
-    ranked first (nearest). -1 where no neighbour has a label."""
+    """The :func:`radsearch.vote.vote` winner among the first k neighbours (the rule
+    ``search`` suggests with; ties by summed ``scores``, then nearest). -1 where no
+    neighbour has a label."""
     nb = np.asarray(neighbours)[:, :k]
-    Q = nb.shape[0]
     lab = np.where(nb >= 0, np.asarray(index_codes)[np.maximum(nb, 0)], -1)
-    votes = np.zeros((Q, n_labels + 1), dtype=np.int32)  # last column: "no label"
-    first = np.full((Q, n_labels + 1), k, dtype=np.int32)
-    rows = np.arange(Q)
-    for j in range(nb.shape[1] - 1, -1, -1):
-        c = np.where(lab[:, j] >= 0, lab[:, j], n_labels)
-        votes[rows, c] += 1
-        first[rows, c] = j
-    votes[:, n_labels] = 0
-    key = votes.astype(np.int64) * (k + 1) + (k - first)
-    key[:, n_labels] = -1
-    pred = key.argmax(axis=1)
-    return np.where(votes.max(axis=1) > 0, pred, -1)
+    return vote(lab, n_labels, None if scores is None else np.asarray(scores)[:, :k])
 
 
 def classification_scores(true: np.ndarray, pred: np.ndarray, n_labels: int) -> dict:
@@ -305,8 +301,10 @@ def column_metrics(
     *,
     max_k: int | None = None,
     vote_ks=DEFAULT_KS,
+    scores: np.ndarray | None = None,
 ) -> ColumnMetrics:
-    """All metrics of one label column from the neighbour table and label strings."""
+    """All metrics of one label column from the neighbour table and label strings;
+    ``scores`` (the neighbours' similarities) break kNN vote ties as ``search`` does."""
     (q_codes, i_codes), vocab = encode_labels(query_values, index_values)
     L = len(vocab)
     hits = hit_matrix(neighbours, q_codes, i_codes)
@@ -316,11 +314,12 @@ def column_metrics(
     counts = label_counts(i_codes, L)
     relevant = counts[q_codes[prec.scored]]
     nb = np.asarray(neighbours)[prec.scored]
+    sc = None if scores is None else np.asarray(scores)[prec.scored]
     knn, preds = {}, {}
     for k in vote_ks:
         if k > K:
             continue
-        pred = majority_vote(nb, i_codes, k, L)
+        pred = majority_vote(nb, i_codes, k, L, sc)
         preds[k] = pred
         knn[str(k)] = classification_scores(q_codes[prec.scored], pred, L)
     return ColumnMetrics(

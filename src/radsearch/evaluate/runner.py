@@ -1,9 +1,16 @@
 """``radsearch evaluate`` end to end: CSV + embeddings -> metrics.json, CSV tables,
-report.html. See docs/evaluation.md for the protocol and the output schema."""
+report.html. See docs/evaluation.md for the protocol and the output schema.
+
+:func:`run_evaluation` is a sequence of named steps: :func:`load_data` (rows, splits,
+vectors, recipe), :func:`search_neighbours` (``knn_rows`` on a scratch index, cached
+in the output folder), :func:`metrics_header`, :func:`score_column` per label column,
+``tables.write_tables``, :func:`run_analyses`, then metrics.json and the report.
+``radsearch tune`` reads its rows and vectors through :func:`select_rows` and
+:func:`get_vectors` too, so both verbs share the embedding cache.
+"""
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import hashlib
 import json
@@ -17,9 +24,18 @@ import numpy as np
 
 from radsearch.errors import RadsearchError
 from radsearch.evaluate import analyses, embeddings, protocol
+from radsearch.evaluate.tables import write_tables
 
-TABLE_KS = (1, 3, 5, 10)
 NEIGHBOURS_FILE = "neighbours.npz"
+# metrics.json sections filled per label column from ``ColumnMetrics.to_json``
+COLUMN_SECTIONS = (
+    "precision_at_k",
+    "plain_precision_at_k",
+    "map_at_k",
+    "recall_at_k",
+    "knn_classification",
+    "absent_from_index",
+)
 
 
 @dataclass
@@ -34,7 +50,7 @@ class EvalOptions:
     query_split: str = "test"
     split_column: str = "split"
     group_column: str = "dataset"
-    max_k: int = 100
+    max_k: int = protocol.DEFAULT_MAX_K
     cache_dir: str | None = None
     recipe: str | None = None
     index_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.25, 0.5, 1.0])
@@ -47,6 +63,7 @@ class EvalOptions:
     gallery: int = 12
     report: bool = True
     device: str = "cpu"
+    weights: str | None = None
     batch_size: int = 32
     workers: int | None = None
     progress: bool = True
@@ -60,17 +77,6 @@ def _log(opts: EvalOptions, msg: str) -> None:
 def _warn(msg: str) -> None:
     warnings.warn(msg, stacklevel=3)
     print(f"radsearch: warning: {msg}", file=sys.stderr)
-
-
-def load_recipe(path: str | None):
-    """The ``--recipe`` JSON file as a ``Recipe`` (None without one)."""
-    if not path:
-        return None
-    if not Path(path).is_file():
-        raise RadsearchError(f"--recipe {path}: no such file")
-    from radsearch.recipe import load_recipe as read_recipe
-
-    return read_recipe(path)
 
 
 def select_rows(refs, opts: EvalOptions):
@@ -136,6 +142,7 @@ def get_vectors(opts: EvalOptions, refs, index_refs, query_refs):
         opts.cache_dir,
         root,
         device=opts.device,
+        weights=opts.weights,
         batch_size=opts.batch_size,
         workers=opts.workers,
         progress=opts.progress,
@@ -188,227 +195,198 @@ def _neighbour_key(info, dataset_hash, opts, index_refs, query_refs, k, recipe_s
     return h.hexdigest()[:20]
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for row in rows:
-            w.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
+@dataclass
+class EvalData:
+    """What every step of an evaluation reads: the rows, their vectors, the recipe."""
 
+    refs: list
+    index_refs: list
+    query_refs: list
+    ivecs: np.ndarray
+    qvecs: np.ndarray
+    config: object
+    encoder_info: dict
+    recipe: object
+    dataset_hash: str
 
-def per_label_rows(cm: protocol.ColumnMetrics) -> list[list]:
-    p = cm.precision
-    K = p.per_query.shape[1]
-    vote_k = max((k for k in cm.predictions), default=None)
-    rows = []
-    for c, label in enumerate(cm.vocab):
-        nq = int(p.per_label_queries[c])
-        row = [label, int(cm.index_counts[c]), nq, int(p.absent.get(c, 0))]
-        row += [float(p.per_label_mean[c, k - 1]) if nq and k <= K else "" for k in TABLE_KS]
-        if vote_k and nq:
-            mask = cm.true_codes == c
-            row.append(float((cm.predictions[vote_k][mask] == c).mean()))
-        else:
-            row.append("")
-        rows.append(row)
-    return rows
-
-
-def per_group_rows(cm: protocol.ColumnMetrics, groups: list[str]) -> list[list]:
-    """Micro modified P@k per group (e.g. source dataset) over the scored queries."""
-    p = cm.precision
-    K = p.per_query.shape[1]
-    g = np.asarray(groups, dtype=object)[p.scored]
-    rows = []
-    for name in sorted(set(g.tolist())):
-        m = g == name
-        pq = p.per_query[m]
-        rows.append(
-            [cm.column, name, int(m.sum())]
-            + [float(pq[:, k - 1].mean()) if k <= K else "" for k in TABLE_KS]
+    def column(self, name: str) -> tuple[list, list]:
+        """(query values, index values) of a metadata column ("" where missing)."""
+        return (
+            [r.metadata.get(name, "") for r in self.query_refs],
+            [r.metadata.get(name, "") for r in self.index_refs],
         )
-    return rows
 
 
-def run_evaluation(opts: EvalOptions) -> dict:
-    """Run the protocol and write every output into ``opts.out``; returns metrics."""
-    from radsearch import __version__
+def load_data(opts: EvalOptions) -> EvalData:
+    """Step 1: the CSV's rows, the index and query splits, their vectors, the recipe."""
     from radsearch.io.sources import iter_source
+    from radsearch.recipe import load_recipe
 
     if opts.max_k < 1:
         raise RadsearchError(f"--max-k must be at least 1 (got {opts.max_k})")
-    csv_path = Path(opts.csv)
-    refs = list(iter_source(csv_path, root=opts.root))
+    refs = list(iter_source(Path(opts.csv), root=opts.root))
     index_refs, query_refs = select_rows(refs, opts)
     recipe = load_recipe(opts.recipe)
-    dataset_hash = embeddings.file_digest(csv_path)
-    cfg, enc_info, index_refs, ivecs, query_refs, qvecs = get_vectors(
+    dataset_hash = embeddings.file_digest(opts.csv)
+    cfg, info, index_refs, ivecs, query_refs, qvecs = get_vectors(
         opts, refs, index_refs, query_refs
     )
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    return EvalData(refs, index_refs, query_refs, ivecs, qvecs, cfg, info, recipe, dataset_hash)
 
-    _log(opts, f"index {len(index_refs)} rows, {len(query_refs)} queries, dim {ivecs.shape[1]}")
-    index = analyses.make_index(cfg, index_refs, ivecs, recipe)
-    recipe_spec = index.manifest.get("recipe")
-    K = min(opts.max_k, index.count)
-    key = _neighbour_key(enc_info, dataset_hash, opts, index_refs, query_refs, K, recipe_spec)
+
+def search_neighbours(opts: EvalOptions, data: EvalData, out: Path):
+    """Step 2: ``(k, index, scores, rows)`` of every query, reused from ``out`` when the
+    same vectors, rows, k and recipe produced them before."""
+    index = analyses.scratch_index(data.ivecs, data.index_refs, data.config, data.recipe)
+    k = min(opts.max_k, index.count)
+    key = _neighbour_key(
+        data.encoder_info,
+        data.dataset_hash,
+        opts,
+        data.index_refs,
+        data.query_refs,
+        k,
+        index.manifest.get("recipe"),
+    )
     cache = out / NEIGHBOURS_FILE
-    nb = scores = None
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
-                nb, scores = z["rows"], z["scores"]
                 _log(opts, f"reusing neighbours from {cache}")
-    if nb is None:
-        scores, nb = analyses.neighbours(index, qvecs, K, progress=opts.progress)
-        tmp = out / (NEIGHBOURS_FILE + ".tmp.npz")
-        np.savez(tmp, key=np.asarray(key), rows=nb, scores=scores)
-        os.replace(tmp, cache)
+                return k, index, z["scores"], z["rows"]
+    scores, rows = analyses.neighbours(index, data.qvecs, k, progress=opts.progress)
+    tmp = out / (NEIGHBOURS_FILE + ".tmp.npz")
+    np.savez(tmp, key=np.asarray(key), rows=rows, scores=scores)
+    os.replace(tmp, cache)
+    return k, index, scores, rows
 
-    metrics: dict = {
+
+def metrics_header(opts: EvalOptions, data: EvalData, k: int, recipe_spec) -> dict:
+    """Step 3: the record of what was evaluated, with empty metric sections to fill."""
+    from radsearch import __version__
+
+    return {
         "radsearch_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "encoder": enc_info,
+        "encoder": data.encoder_info,
         "recipe": recipe_spec,
         "dataset": {
-            "csv": str(csv_path),
-            "hash": dataset_hash,
-            "rows": len(refs),
+            "csv": str(Path(opts.csv)),
+            "hash": data.dataset_hash,
+            "rows": len(data.refs),
             "split_column": opts.split_column,
             "index_split": opts.index_split,
             "query_split": opts.query_split,
         },
         "counts": {
-            "index": len(index_refs),
-            "queries": len(query_refs),
-            "dim": int(ivecs.shape[1]),
-            "k": K,
+            "index": len(data.index_refs),
+            "queries": len(data.query_refs),
+            "dim": int(data.ivecs.shape[1]),
+            "k": k,
         },
         "label_columns": list(opts.label_columns),
-        "precision_at_k": {},
-        "plain_precision_at_k": {},
-        "map_at_k": {},
-        "recall_at_k": {},
-        "knn_classification": {},
-        "absent_from_index": {},
+        **{name: {} for name in COLUMN_SECTIONS},
         "label_counts": {},
     }
-    col_metrics: dict[str, protocol.ColumnMetrics] = {}
-    group_rows: list[list] = []
-    has_group = opts.group_column in refs[0].metadata
-    for col in opts.label_columns:
-        qv = [r.metadata.get(col, "") for r in query_refs]
-        iv = [r.metadata.get(col, "") for r in index_refs]
-        unlabelled = sum(1 for v in qv if v == "")
-        if unlabelled == len(qv):
-            raise RadsearchError(f"column {col!r}: every query row is empty")
-        cm = protocol.column_metrics(col, nb, qv, iv, max_k=K)
-        col_metrics[col] = cm
-        js = cm.to_json()
-        for name in (
-            "precision_at_k",
-            "plain_precision_at_k",
-            "map_at_k",
-            "recall_at_k",
-            "knn_classification",
-            "absent_from_index",
-        ):
-            metrics[name][col] = js[name]
-        metrics["absent_from_index"][col]["unlabelled_queries"] = unlabelled
-        metrics["label_counts"][col] = js["counts"]
-        absent = js["absent_from_index"]
-        if absent["queries"]:
-            _warn(
-                f"column {col!r}: {absent['queries']} query row(s) carry label(s) absent from the "
-                f"index ({', '.join(list(absent['labels'])[:5])}); they are left out of every "
-                "metric and reported under absent_from_index"
-            )
-        if unlabelled:
-            _warn(f"column {col!r}: {unlabelled} query row(s) have no label and are left out")
-        _write_csv(
-            out / f"per_label_{_safe(col)}.csv",
-            ["label", "index_rows", "queries", "queries_absent_from_index"]
-            + [f"P@{k}" for k in TABLE_KS]
-            + ["knn_vote_recall"],
-            per_label_rows(cm),
-        )
-        if has_group:
-            group_rows += per_group_rows(
-                cm, [r.metadata.get(opts.group_column, "") for r in query_refs]
-            )
-    if has_group:
-        _write_csv(
-            out / f"per_{_safe(opts.group_column)}.csv",
-            ["column", opts.group_column, "queries"] + [f"P@{k}" for k in TABLE_KS],
-            group_rows,
-        )
-    _write_csv(
-        out / "summary.csv",
-        ["column", "average"] + [f"P@{k}" for k in TABLE_KS],
-        [
-            [c, avg] + [metrics["precision_at_k"][c][avg].get(str(k), "") for k in TABLE_KS]
-            for c in opts.label_columns
-            for avg in ("micro", "macro")
-        ],
-    )
 
-    columns = {
-        c: (
-            [r.metadata.get(c, "") for r in query_refs],
-            [r.metadata.get(c, "") for r in index_refs],
+
+def score_column(opts, data: EvalData, metrics: dict, col: str, rows, scores, k: int):
+    """Step 4, per label column: the protocol's metrics into ``metrics``, with a warning
+    for queries left out (unlabelled, or with a label the index lacks)."""
+    qv, iv = data.column(col)
+    unlabelled = sum(1 for v in qv if v == "")
+    if unlabelled == len(qv):
+        raise RadsearchError(f"column {col!r}: every query row is empty")
+    cm = protocol.column_metrics(col, rows, qv, iv, max_k=k, scores=scores)
+    js = cm.to_json()
+    for name in COLUMN_SECTIONS:
+        metrics[name][col] = js[name]
+    metrics["absent_from_index"][col]["unlabelled_queries"] = unlabelled
+    metrics["label_counts"][col] = js["counts"]
+    absent = js["absent_from_index"]
+    if absent["queries"]:
+        _warn(
+            f"column {col!r}: {absent['queries']} query row(s) carry label(s) absent from the "
+            f"index ({', '.join(list(absent['labels'])[:5])}); they are left out of every "
+            "metric and reported under absent_from_index"
         )
-        for c in opts.label_columns
-    }
+    if unlabelled:
+        _warn(f"column {col!r}: {unlabelled} query row(s) have no label and are left out")
+    return cm
+
+
+def run_analyses(opts: EvalOptions, data: EvalData, metrics: dict, k: int):
+    """Step 6: the paper's analyses beyond P@k into ``metrics``; returns the 2-D map's
+    data for the report (or None)."""
+    columns = {c: data.column(c) for c in opts.label_columns}
     fractions = [f for f in opts.index_fractions if 0 < f <= 1]
     if fractions:
         _log(opts, f"index-size study: fractions {fractions}, {opts.seeds} seed(s)")
         metrics["index_size"] = analyses.index_size_study(
-            cfg,
-            index_refs,
-            ivecs,
-            qvecs,
+            data.config,
+            data.index_refs,
+            data.ivecs,
+            data.qvecs,
             columns,
             fractions,
             seeds=opts.seeds,
-            max_k=min(10, K),
-            recipe=recipe,
+            max_k=min(10, k),
+            recipe=data.recipe,
             progress=opts.progress,
         )
+    allvecs = np.concatenate([data.ivecs, data.qvecs])
+    allrefs = data.index_refs + data.query_refs
 
-    allvecs = np.concatenate([ivecs, qvecs])
-    allrefs = index_refs + query_refs
-    extra_cols = [
-        c for c in ("modality", "anatomy") if c in refs[0].metadata and c not in opts.label_columns
-    ]
-    map_cols = list(opts.label_columns) + extra_cols
+    def values(col, rows):
+        return [allrefs[i].metadata.get(col, "") for i in rows]
+
     if opts.quality_sample > 0:
         _log(opts, f"embedding-space quality on {min(opts.quality_sample, len(allvecs))} rows")
         rows = analyses.sample_rows(len(allvecs), opts.quality_sample, seed=0)
         metrics["embedding_quality"] = analyses.embedding_quality(
-            allvecs[rows],
-            {c: [allrefs[i].metadata.get(c, "") for i in rows] for c in opts.label_columns},
+            allvecs[rows], {c: values(c, rows) for c in opts.label_columns}
         )
     map_data = None
     if opts.map_method != "none" and opts.map_sample > 0:
+        extra = [
+            c
+            for c in ("modality", "anatomy")
+            if c in data.refs[0].metadata and c not in opts.label_columns
+        ]
         rows = analyses.sample_rows(len(allvecs), opts.map_sample, seed=1)
         _log(opts, f"2-D map of {len(rows)} rows")
         coords, method = analyses.map_2d(allvecs[rows], opts.map_method)
-        map_data = {
-            "coords": coords,
-            "method": method,
-            "labels": {c: [allrefs[i].metadata.get(c, "") for i in rows] for c in map_cols},
-        }
+        labels = {c: values(c, rows) for c in [*opts.label_columns, *extra]}
+        map_data = {"coords": coords, "method": method, "labels": labels}
         metrics["map"] = {"method": method, "sample": int(len(rows))}
     if opts.probe:
         _log(opts, "linear probe")
         metrics["linear_probe"] = {
             c: analyses.linear_probe(
-                ivecs, columns[c][1], qvecs, columns[c][0], max_train=opts.probe_max_train
+                data.ivecs, columns[c][1], data.qvecs, columns[c][0], max_train=opts.probe_max_train
             )
             for c in opts.label_columns
         }
+    return map_data
 
+
+def run_evaluation(opts: EvalOptions) -> dict:
+    """Run the protocol and write every output into ``opts.out``; returns metrics."""
+    data = load_data(opts)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _log(
+        opts,
+        f"index {len(data.index_refs)} rows, {len(data.query_refs)} queries, "
+        f"dim {data.ivecs.shape[1]}",
+    )
+    k, index, scores, rows = search_neighbours(opts, data, out)
+    metrics = metrics_header(opts, data, k, index.manifest.get("recipe"))
+    col_metrics = {
+        col: score_column(opts, data, metrics, col, rows, scores, k) for col in opts.label_columns
+    }
+    write_tables(opts, data, metrics, col_metrics, out)
+    map_data = run_analyses(opts, data, metrics, k)
     (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
     if opts.report:
         from radsearch.evaluate.report import write_report
@@ -417,10 +395,10 @@ def run_evaluation(opts: EvalOptions) -> dict:
             out,
             metrics,
             col_metrics,
-            nb,
+            rows,
             scores,
-            index_refs,
-            query_refs,
+            data.index_refs,
+            data.query_refs,
             map_data,
             gallery=opts.gallery,
         )
@@ -429,10 +407,6 @@ def run_evaluation(opts: EvalOptions) -> dict:
         f"wrote {out / 'metrics.json'}" + (f" and {out / 'report.html'}" if opts.report else ""),
     )
     return metrics
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def _clean(obj):

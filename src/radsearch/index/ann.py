@@ -264,7 +264,9 @@ def calibrate(store, vectors: np.ndarray, *, seed: int = RECALL_SEED) -> dict:
         return spec
     exact = exact_neighbours(vectors, rows, 10)
     target = float(spec.get("target_recall", DEFAULT_TARGET))
-    knob = "nprobe" if built.startswith("ivf") else "ef_search" if built.startswith("hnsw") else None
+    knob = (
+        "nprobe" if built.startswith("ivf") else "ef_search" if built.startswith("hnsw") else None
+    )
     if knob and (knob not in spec or spec.get("tuned")):
         spec["tuned"] = True
         steps = NPROBE_STEPS if knob == "nprobe" else EF_STEPS

@@ -4,10 +4,11 @@
 versions), ``DIR/items.parquet`` (row i = vector i: ``id``, ``source``, metadata, and
 how the row was read: see ``radsearch.index.rows``),
 ``DIR/embeddings.npy`` (the encoder's L2-normalised vectors, before any recipe) and the
-vector store's files (``vectors.faiss``). Every write goes through ``_commit``: files
-are staged in ``DIR/.next``, the stage is renamed to ``DIR/.commit`` (the point of no
-return), then moved into place manifest last; ``open`` rolls a found ``.commit``
-forward and discards a ``.next``, so a crash never leaves a half-written index.
+vector store's files (``vectors.faiss``). Every write goes through ``save``: staged,
+committed with a rename, moved into place manifest last, under a write lock that
+refuses a second writer; ``open`` rolls an interrupted commit forward and retries a
+read a commit overlapped (see ``radsearch.index.commit``), so a crash never leaves a
+half-written index and readers never break a commit.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
-from radsearch.errors import IndexFormatError
+from radsearch.errors import IndexFormatError, RadsearchError
 from radsearch.index import rows as _rows
+from radsearch.index.commit import ABSORBS_WORK, MANIFEST, recover, settle, unchanged, writing
 from radsearch.io.items import ItemRef
 
-MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 FORMAT_VERSION = 1
@@ -56,16 +57,16 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def recover(path: Path) -> None:
-    """Finish or discard an interrupted commit (see module docstring)."""
-    nxt, com = path / ".next", path / ".commit"
-    if nxt.exists():
-        shutil.rmtree(nxt)
-    if com.exists():
-        names = sorted(p.name for p in com.iterdir())
-        for name in sorted(names, key=lambda n: n == MANIFEST):  # manifest last
-            os.replace(com / name, path / name)
-        com.rmdir()
+def _check_manifest(manifest, mpath: Path) -> None:
+    """Refuse a manifest lacking what every reader relies on, naming the first gap."""
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{mpath}: damaged manifest (not a JSON object)")
+    for key, kind in (("count", int), ("dim", int), ("encoder", dict), ("store", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise IndexFormatError(f"{mpath}: damaged manifest (no valid {key!r})")
+    encoder = manifest["encoder"]
+    if not all(isinstance(encoder.get(k), t) for k, t in (("name", str), ("config", dict))):
+        raise IndexFormatError(f"{mpath}: damaged manifest (no valid encoder name/config)")
 
 
 RESERVED_COLUMNS = ("id", "source", "rank", "score")
@@ -128,38 +129,57 @@ class Index:
 
     @classmethod
     def open(cls, path: str | Path, *, mmap: bool = True) -> Index:
-        """Open an index directory, checking that its parts agree with each other."""
+        """Open an index directory, checking that its parts agree with each other.
+
+        Safe while another process commits: a read that a commit overlapped is retried.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise IndexFormatError(f"{path}: no such index directory")
+        for _ in range(100):
+            stamp = settle(path)
+            parts = cls._read_parts(path, mmap)
+            if unchanged(path, stamp):
+                return cls(path, *parts)
+        raise IndexFormatError(f"{path}: keeps changing while being read; try again")
+
+    @classmethod
+    def _read_parts(cls, path: Path, mmap: bool):
         import pyarrow.parquet as pq
 
-        path = Path(path)
-        if not path.exists():
-            raise IndexFormatError(f"{path}: no such index directory")
-        recover(path)
         mpath = path / MANIFEST
         if not mpath.exists():
             raise IndexFormatError(f"{path}: not a radsearch index (no {MANIFEST})")
         try:
             manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IndexFormatError(f"{mpath}: damaged manifest ({exc})") from None
+        _check_manifest(manifest, mpath)
         try:
             items = pq.read_table(path / ITEMS)
             emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: damaged index files ({exc})") from None
         n = manifest["count"]
-        if items.num_rows != n or emb.shape[0] != n or emb.shape[1] != manifest["dim"]:
+        if items.num_rows != n or emb.ndim != 2 or emb.shape != (n, manifest["dim"]):
             raise IndexFormatError(
                 f"{path}: parts disagree (manifest count {n}, items {items.num_rows}, "
                 f"embeddings {emb.shape})"
             )
         store = cls._make_store(manifest)
-        store.load(path)
+        try:
+            store.load(path)
+        except RadsearchError:
+            raise
+        except Exception as exc:  # FAISS and Milvus raise their own types
+            raise IndexFormatError(
+                f"{path}: cannot load the vector store ({type(exc).__name__}: {exc})"
+            ) from None
         if store.ntotal != n:
             raise IndexFormatError(
                 f"{path}: vector store holds {store.ntotal} vectors, expected {n}"
             )
-        return cls(path, manifest, items, emb, store)
+        return manifest, items, emb, store
 
     @staticmethod
     def _make_store(manifest: dict):
@@ -297,6 +317,9 @@ class Index:
         for k in keys:
             vals = [r.metadata.get(k) for r in new_refs]
             cols[metadata_column(k)] = [None if v is None else safe(str(v)) for v in vals]
+        from radsearch.studies.identity import STUDY_COLUMN, study_of
+
+        cols[STUDY_COLUMN] = [safe(study_of(r)) for r in new_refs]
         new_items = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
         self._read = pa.concat_tables([self._read, _rows.read_columns(new_refs)])
@@ -347,34 +370,43 @@ class Index:
         self.store.build(self.db_vectors(np.asarray(self.embeddings)))
 
     # -- persistence ----------------------------------------------------------------
-    def save(self) -> None:
-        """Write every part, atomically with respect to crashes (see module docstring)."""
+    def save(self, *, absorbs_work: bool = False) -> None:
+        """Write every part, atomically with respect to crashes (see module docstring).
+
+        Holds the write lock (refusing while another process writes); ``absorbs_work``:
+        the commit also removes the embedding checkpoints in ``DIR/.work``.
+        """
+        with writing(self.path):
+            recover(self.path)
+            stage = self.path / ".next"
+            stage.mkdir()
+            try:
+                self._write_stage(stage)
+                if absorbs_work:
+                    (stage / ABSORBS_WORK).touch()
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            os.replace(stage, self.path / ".commit")
+            recover(self.path)
+
+    def _write_stage(self, stage: Path) -> None:
         import pyarrow.parquet as pq
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        recover(self.path)
-        stage = self.path / ".next"
-        stage.mkdir()
-        try:
-            pq.write_table(_rows.join_table(self.items, self._read), stage / ITEMS)
-            np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
-            self.store.save(stage)
-            recipe = self.recipe
-            if recipe is not None and recipe.state:
-                from radsearch.recipe import STATE_FILE
+        pq.write_table(_rows.join_table(self.items, self._read), stage / ITEMS)
+        np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
+        self.store.save(stage)
+        recipe = self.recipe
+        if recipe is not None and recipe.state:
+            from radsearch.recipe import STATE_FILE
 
-                np.savez(stage / STATE_FILE, **recipe.state)
-            self.manifest["updated"] = _now()
-            self.manifest["versions"] = _versions()
-            self.manifest["count"] = int(self.items.num_rows)
-            (stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
-            for p in stage.iterdir():
-                _fsync_file(p)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        os.replace(stage, self.path / ".commit")
-        recover(self.path)
+            np.savez(stage / STATE_FILE, **recipe.state)
+        self.manifest["updated"] = _now()
+        self.manifest["versions"] = _versions()
+        self.manifest["count"] = int(self.items.num_rows)
+        (stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+        for p in stage.iterdir():
+            _fsync_file(p)
 
     # -- search ---------------------------------------------------------------------
     def search(self, queries, k: int = 10, **options):

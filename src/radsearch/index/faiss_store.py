@@ -79,7 +79,11 @@ class FaissStore:
         built = s.get("built", {"type": s.get("type", "flat")})
         knobs = ", ".join(f"{k}={s[k]}" for k in ("nprobe", "ef_search") if k in s)
         rec = s.get("recall_at_10")
-        tail = f"; recall@10 vs exact {rec:.4f} on {s['recall_queries']} held-out queries" if rec is not None else ""
+        tail = (
+            f"; recall@10 vs exact {rec:.4f} on {s['recall_queries']} held-out queries"
+            if rec is not None
+            else ""
+        )
         scan = "exact" if built["type"] == "flat" else "exhaustive scan"
         return f"index {built['type']} ({knobs or scan}){tail}"
 

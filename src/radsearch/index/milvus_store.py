@@ -75,7 +75,9 @@ class MilvusStore:
         self.dim = dim
         self.spec = spec
         if not spec.get("uri"):
-            raise IndexFormatError("milvus store: no uri (use --store milvus:<path or http://host:port>)")
+            raise IndexFormatError(
+                "milvus store: no uri (use --store milvus:<path or http://host:port>)"
+            )
         spec["uri"] = normalise_uri(spec["uri"])
         spec.setdefault("collection", f"radsearch_{uuid.uuid4().hex[:12]}_g0")
         spec.setdefault("index_type", "FLAT")
@@ -151,7 +153,9 @@ class MilvusStore:
         if self.client.has_collection(self.name) and self._committed is not None:
             base, _, gen = self.name.rpartition("_g")
             self._retired.append(self.name)
-            self.spec["collection"] = f"{base}_g{int(gen) + 1}" if gen.isdigit() else f"{self.name}_g1"
+            self.spec["collection"] = (
+                f"{base}_g{int(gen) + 1}" if gen.isdigit() else f"{self.name}_g1"
+            )
         self._create()
         if len(vectors):
             self._insert(vectors)
@@ -251,7 +255,9 @@ class MilvusStore:
         info = json.loads(path.read_text())
         self.spec["uri"], self.spec["collection"] = info["uri"], info["collection"]
         if not self.client.has_collection(self.name):
-            raise IndexFormatError(f"{folder}: Milvus collection {self.name!r} not found at {info['uri']}")
+            raise IndexFormatError(
+                f"{folder}: Milvus collection {self.name!r} not found at {info['uri']}"
+            )
         self.client.load_collection(self.name)
         # roll back appends of a save that never committed, drop superseded generations
         self.client.delete(self.name, filter=f"row >= {int(info['count'])}")

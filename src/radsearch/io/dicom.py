@@ -32,6 +32,15 @@ METADATA_KEYS = (
     "patient_id",
     "patient_name",
     "patient_birth_date",
+    # What a reader needs to recognise a series and order its slices.
+    "study_description",
+    "series_description",
+    "series_number",
+    "instance_number",
+    "slice_location",
+    "image_position",
+    "pixel_spacing",
+    "slice_thickness",
 )
 _KEYWORDS = {
     "modality": "Modality",
@@ -42,6 +51,14 @@ _KEYWORDS = {
     "patient_id": "PatientID",
     "patient_name": "PatientName",
     "patient_birth_date": "PatientBirthDate",
+    "study_description": "StudyDescription",
+    "series_description": "SeriesDescription",
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "slice_location": "SliceLocation",
+    "image_position": "ImagePositionPatient",
+    "pixel_spacing": "PixelSpacing",
+    "slice_thickness": "SliceThickness",
 }
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 INSTALL_HINT = "pip install 'radsearch[dicom]' (pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
@@ -76,8 +93,14 @@ def read_dicom_header(path: str | os.PathLike, *, with_pixel_tags: bool = False)
 
 
 def _text(ds, keyword: str) -> str:
+    """A header value as text; multi-valued ones (pixel spacing, position) joined by ``\\``
+    as DICOM itself writes them."""
     value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    if value is None:
+        return ""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
 
 
 def _frame_count(ds) -> int:
@@ -85,6 +108,30 @@ def _frame_count(ds) -> int:
         return max(1, int(ds.get("NumberOfFrames") or 1))
     except (TypeError, ValueError):
         return 1
+
+
+def check_frame_count(ds, path: str | os.PathLike) -> int:
+    """The frame count, refused when the file is too small to hold that many frames.
+
+    Checked against the file size before any per-frame work: native pixel data needs
+    every frame's bytes, encapsulated (compressed) data at least an 8-byte item per
+    frame. A 2 KB file claiming 2^31 frames is refused instead of enumerated.
+    """
+    frames = _frame_count(ds)
+    if frames == 1:
+        return 1
+    size = os.stat(path).st_size
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    per_frame = 8
+    if ts is not None and not ts.is_compressed:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        bits = int(ds.get("BitsAllocated") or 8) * int(ds.get("SamplesPerPixel") or 1)
+        per_frame = max(1, rows * cols * bits // 8)
+    if frames * per_frame > size:
+        raise ImageReadError(
+            path, f"header claims {frames} frames but the file ({size} bytes) cannot hold them"
+        )
+    return frames
 
 
 def metadata_from_header(ds) -> dict[str, Any]:
@@ -213,12 +260,13 @@ def read_dicom_frame(path: str | os.PathLike, frame: int = 0) -> np.ndarray:
     """Decode frame ``frame`` of a DICOM file to ``HxWx3 uint8`` RGB, or raise ``ImageReadError``."""
     ds = read_dicom_header(path, with_pixel_tags=True)
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
-        raise ImageReadError(path, "DICOM has no pixel data")
+        damaged = "" if "SOPClassUID" in ds else " (damaged header: no SOP Class UID)"
+        raise ImageReadError(path, f"DICOM has no pixel data{damaged}")
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     reason = too_large_reason(cols, rows)
     if reason:
         raise ImageReadError(path, reason)
-    n_frames = _frame_count(ds)
+    n_frames = check_frame_count(ds, path)
     if not 0 <= frame < n_frames:
         raise ImageReadError(path, f"frame {frame} out of range (file has {n_frames})")
 

@@ -36,7 +36,9 @@ ENV_TOKEN = "RADSEARCH_DICOMWEB_TOKEN"
 ENV_CACHE = "RADSEARCH_DICOMWEB_CACHE"
 CACHE_DIRNAME = "dicomweb"
 # Modalities / SOP classes that hold no pixels worth indexing.
-NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "FID"})
+NON_IMAGE_MODALITIES = frozenset(
+    {"SR", "KO", "PR", "DOC", "RTSTRUCT", "RTPLAN", "RTRECORD", "REG", "FID"}
+)
 NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key objects
     "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
@@ -64,11 +66,13 @@ def is_dicomweb(spec) -> bool:
 
 def parse_url(spec: str) -> str:
     """``dicomweb:http://host:8042/dicom-web/`` -> ``http://host:8042/dicom-web``."""
-    url = str(spec)[len(SCHEME):] if is_dicomweb(spec) else str(spec)
+    url = str(spec)[len(SCHEME) :] if is_dicomweb(spec) else str(spec)
     if not re.match(r"^https?://[^/\s]+", url):
         raise SourceError(f"{spec}: expected dicomweb:http(s)://HOST[:PORT]/PATH")
     if re.match(r"^https?://[^/@]*@", url):
-        raise SourceError(f"{spec}: put credentials in --dicomweb-user/--dicomweb-password, not the URL")
+        raise SourceError(
+            f"{spec}: put credentials in --dicomweb-user/--dicomweb-password, not the URL"
+        )
     return url.rstrip("/")
 
 
@@ -172,12 +176,16 @@ def iter_dicomweb(
     """
     url = parse_url(spec)
     filters = {
-        str(k): frozenset(v.strip() for v in (str(val).split(",") if isinstance(val, str) else map(str, val)))
+        str(k): frozenset(
+            v.strip() for v in (str(val).split(",") if isinstance(val, str) else map(str, val))
+        )
         for k, val in (where or {}).items()
     }
     unknown = [k for k in filters if k not in FILTER_KEYS]
     if unknown:
-        raise SourceError(f"{spec}: cannot filter on {unknown[0]!r}; available: {', '.join(FILTER_KEYS)}")
+        raise SourceError(
+            f"{spec}: cannot filter on {unknown[0]!r}; available: {', '.join(FILTER_KEYS)}"
+        )
     session = make_session(user, password, token)
     if client is None:
         from dicomweb_client.api import DICOMwebClient
@@ -187,16 +195,25 @@ def iter_dicomweb(
         studies = client.search_for_studies(fields=["PatientID"], get_remaining=True)
     except Exception as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        hint = " (check --dicomweb-user/--dicomweb-password or --dicomweb-token)" if status in (401, 403) else ""
-        raise SourceError(f"{url}: QIDO-RS study search failed ({type(exc).__name__}: {exc}){hint}") from None
+        hint = (
+            " (check --dicomweb-user/--dicomweb-password or --dicomweb-token)"
+            if status in (401, 403)
+            else ""
+        )
+        raise SourceError(
+            f"{url}: QIDO-RS study search failed ({type(exc).__name__}: {exc}){hint}"
+        ) from None
     root = orthanc_root(url, session)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(url)
 
     def generate() -> Iterator[ItemRef]:
         for st in studies:
             study = _value(st, "study_uid")
-            if not study or not _matches({"study_uid": study, "patient_id": _value(st, "patient_id")},
-                                         filters, ("study_uid", "patient_id")):
+            if not study or not _matches(
+                {"study_uid": study, "patient_id": _value(st, "patient_id")},
+                filters,
+                ("study_uid", "patient_id"),
+            ):
                 continue
             patient = _value(st, "patient_id")
             try:
@@ -209,9 +226,16 @@ def iter_dicomweb(
             for se in series_list:
                 series = _value(se, "series_uid")
                 modality, body_part = _value(se, "modality"), _value(se, "body_part")
-                base = {"study_uid": study, "series_uid": series, "modality": modality,
-                        "body_part": body_part, "patient_id": patient}
-                if not series or not _matches(base, filters, ("series_uid", "modality", "body_part")):
+                base = {
+                    "study_uid": study,
+                    "series_uid": series,
+                    "modality": modality,
+                    "body_part": body_part,
+                    "patient_id": patient,
+                }
+                if not series or not _matches(
+                    base, filters, ("series_uid", "modality", "body_part")
+                ):
                     continue
                 if modality.upper() in NON_IMAGE_MODALITIES:
                     continue
@@ -262,11 +286,16 @@ def iter_dicomweb(
         instance_url = f"{url}/studies/{study}/series/{series}/instances/{sop}"
         for n, item_id in enumerate(ids):
             m = dict(meta)
-            m["pacs_url"] = (f"{instance_url}/frames/{n + 1}/rendered" if frames > 1
-                             else f"{instance_url}/rendered")
+            m["pacs_url"] = (
+                f"{instance_url}/frames/{n + 1}/rendered"
+                if frames > 1
+                else f"{instance_url}/rendered"
+            )
             if root:
-                m["viewer_url"] = (f"{root}/app/explorer.html#instance?uuid="
-                                   f"{orthanc_id(meta['patient_id'], study, series, sop)}")
+                m["viewer_url"] = (
+                    f"{root}/app/explorer.html#instance?uuid="
+                    f"{orthanc_id(meta['patient_id'], study, series, sop)}"
+                )
             yield ItemRef(item_id, str(path), n if frames > 1 else None, m)
 
     return generate()
@@ -289,8 +318,13 @@ def refs_for_index(
 
     index = open_or_create(out, model)  # refuses a folder that is not an index
     refs = iter_dicomweb(  # queries the server now: a bad URL or password leaves no index
-        spec, user=user, password=password, token=token,
-        cache_dir=Path(out) / CACHE_DIRNAME, known_ids=index.ids, where=where,
+        spec,
+        user=user,
+        password=password,
+        token=token,
+        cache_dir=Path(out) / CACHE_DIRNAME,
+        known_ids=index.ids,
+        where=where,
     )
     if not (Path(out) / "manifest.json").exists():
         index.save()

@@ -34,6 +34,9 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 # Percentiles of more than this many voxels are estimated on an even subsample.
 _MAX_PERCENTILE_VOXELS = 4_000_000
+# Deflate never expands data more than ~1032x: a .nii.gz cannot hold more than this
+# many times its own size, whatever its header claims.
+_MAX_GZIP_RATIO = 1100
 
 
 def parse_window(text: str | None) -> tuple[float, float] | None:
@@ -69,14 +72,43 @@ def _load(path):
         raise ImageReadError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     if len(img.shape) < 2:
         raise ImageReadError(path, f"NIfTI has {len(img.shape)} dimension(s), need 2 to 4")
+    _check_header(img, path)
     return img
+
+
+def _check_header(img, path) -> None:
+    """Refuse headers no image can have, before anything is allocated or iterated:
+    an empty axis, a non-finite affine, or more voxels than the file can hold."""
+    shape = tuple(int(n) for n in img.shape)
+    if min(shape) <= 0:
+        raise ImageReadError(path, f"NIfTI is empty (shape {'x'.join(map(str, shape))})")
+    if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
+        raise ImageReadError(path, "NIfTI affine is not finite (NaN or infinity)")
+    if len(shape) >= 3:
+        reason = too_large_reason(*sorted(shape[:3], reverse=True)[:2])
+        if reason:
+            raise ImageReadError(path, reason)
+    size = os.stat(path).st_size
+    need = int(np.prod(shape, dtype=object)) * img.get_data_dtype().itemsize
+    offset = int(img.header.get("vox_offset", 0) or 0)
+    compressed = str(path).lower().endswith(".gz")
+    room = size * _MAX_GZIP_RATIO if compressed else size - offset
+    if need > room:
+        raise ImageReadError(
+            path,
+            f"NIfTI header claims {'x'.join(map(str, shape))} voxels ({need} bytes) "
+            f"but the file holds {size} bytes",
+        )
 
 
 def _orientation(img) -> np.ndarray:
     """nibabel orientation (input axis -> RAS axis, flip) of the three spatial axes."""
     import nibabel as nib
 
-    ornt = nib.orientations.io_orientation(img.affine)
+    try:
+        ornt = nib.orientations.io_orientation(img.affine)
+    except (np.linalg.LinAlgError, ValueError):
+        ornt = np.full((3, 2), np.nan)
     if np.isnan(ornt).any():  # degenerate affine: keep voxel order
         ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
     return ornt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,17 +68,34 @@ def too_large_reason(width: int, height: int) -> str | None:
 
 
 def check_file(path: str | os.PathLike) -> None:
-    """Fail early with a plain reason for missing, non-regular and empty files."""
+    """Fail early with a plain reason for missing, non-regular and empty files.
+
+    Only regular files are ever opened: reading a FIFO or a device would block forever.
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise ImageReadError(path, "no such file") from None
     except OSError as exc:
         raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from None
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
         raise ImageReadError(path, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(path, f"not a regular file ({_file_type(st.st_mode)})")
     if st.st_size == 0:
         raise ImageReadError(path, "zero-byte file")
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _decode_reason(exc: BaseException) -> str:

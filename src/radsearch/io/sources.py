@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -61,11 +62,21 @@ def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial
     return True
 
 
+def _is_special(path: Path) -> bool:
+    """Not a regular file (or a link to nothing): such entries are never opened."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
+
+
 def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Path, dict, str]]:
     """(id, path, metadata, kind) for every image under ``folder``, sorted by id.
 
     Files with unknown extensions are kept only when they carry the DICM magic: DICOM
     exports often name files by UID (``1.2.840...``) or with no extension at all.
+    FIFOs, sockets, devices and broken links are kept too, unopened, so that they are
+    reported rather than silently left out.
     """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -76,9 +87,14 @@ def _folder_entries(folder: Path, label_from_folder: bool) -> list[tuple[str, Pa
             full = Path(dirpath) / name
             kind = kind_by_name(name)
             if kind is None:
-                if name.upper() == "DICOMDIR" or not has_dicm_magic(full):
+                if name.upper() == "DICOMDIR":
                     continue
-                kind = "dicom"
+                if has_dicm_magic(full):
+                    kind = "dicom"
+                elif _is_special(full):
+                    kind = "raster"  # never opened: decoding reports it
+                else:
+                    continue
             rel = full.relative_to(folder)
             meta = {}
             if label_from_folder:
@@ -185,21 +201,24 @@ def _expand(
     if not _matches(meta, where, partial=True):  # cheap reject before reading headers
         return
     if kind == "dicom":
-        from radsearch.io.dicom import metadata_from_header, read_dicom_header
+        from radsearch.io.dicom import check_frame_count, metadata_from_header, read_dicom_header
 
         try:
             ds = read_dicom_header(path)
         except ImageReadError:
             ds = None  # keep the item: decoding will report the reason per item
         if ds is not None:
-            if from_folder and "Rows" not in ds:
-                return  # structured report, key object...: not an image
+            if from_folder and "Rows" not in ds and "SOPClassUID" in ds:
+                return  # structured report, key object...: a DICOM object, not an image
             header = metadata_from_header(ds)
             merged = {k: str(v) for k, v in header.items() if k not in PRIVATE_KEYS}
             merged.update(meta)  # manifest columns win over the header
             if not _matches(merged, where, partial=False):
                 return
-            frames = int(header["number_of_frames"])
+            try:
+                frames = check_frame_count(ds, path)
+            except ImageReadError:
+                frames = 1  # one item: decoding reports the impossible frame count
             if frames > 1:
                 for n in range(frames):
                     yield ItemRef(f"{item_id}#frame={n}", source, n, dict(merged), kind=kind)
