@@ -107,3 +107,72 @@ def test_fuse_is_the_fusion_encoder_arithmetic():
     assert np.allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-6)
     an, bn = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
     assert np.allclose(f @ f[0], (an @ an[0] + bn @ bn[0]) / 2, atol=1e-6)
+
+
+def _cli_table(tmp_path):
+    """Three datasets, three labels each, anisotropic noise (whitening helps)."""
+    import csv
+
+    from radsearch.io.sources import iter_source
+
+    rng = np.random.default_rng(0)
+    d = 24
+    centres = rng.standard_normal((9, d)) * 2
+    noise = np.linspace(4, 0.2, d)
+    rows, vecs = [], []
+    for i in range(900):
+        lab = i % 9
+        split = ("train", "train", "val", "test")[(i // 9) % 4]
+        rows.append({"filepath": f"img{i}.png", "dataset": f"ds{lab // 3}", "label": f"c{lab}",
+                     "split": split, "group_id": f"p{i // 2}"})
+        vecs.append(centres[lab] + rng.standard_normal(d) * noise)
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    refs = list(iter_source(tmp_path / "m.csv"))
+    vecs = np.asarray(vecs, np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    np.savez(tmp_path / "e.npz", emb=vecs, filepath=np.asarray([r.id for r in refs]))
+    return ["tune", str(tmp_path / "m.csv"), "--embeddings", str(tmp_path / "e.npz"), "--grid", "quick"]
+
+
+def test_tune_cli_robust_default_reports_queries_and_confidence(tmp_path, capsys):
+    import json
+
+    from radsearch.cli import main
+
+    argv = _cli_table(tmp_path)
+    assert main([*argv, "--out", str(tmp_path / "r.json"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    # val rows come in runs of 9 consecutive rows; two rows per group_id
+    groups = len({(i // 2) for i in range(900) if (i // 9) % 4 == 2})
+    assert f"objective robust: 225 tuning queries (bootstrap resamples {groups} groups)" in err
+    spec = json.loads((tmp_path / "r.json").read_text())
+    assert spec["chosen_on"]["objective"] == "robust" and spec["steps"]
+    kept = [t for t in spec["trials"][1:] if t["kept"]]
+    assert len(kept) == len(spec["steps"]) and all(t["confidence"] >= 0.9 for t in kept)
+    last = kept[-1]
+    assert f"(confidence {last['confidence']:.2f})" in err
+    assert spec["val_metrics"]["p@1_micro"] > spec["val_metrics_plain"]["p@1_micro"]
+
+
+def test_tune_cli_lodo_column_leaves_each_value_out(tmp_path, capsys):
+    import json
+
+    from radsearch.cli import main
+
+    argv = _cli_table(tmp_path)
+    out = tmp_path / "lodo.json"
+    assert main([*argv, "--lodo-column", "dataset", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "leaving each dataset out (val figures)" in err
+    assert all(f"\nds{i} " in err for i in range(3)) and "mean lift" in err
+    spec = json.loads(out.read_text())
+    assert spec["chosen_on"]["lodo_column"] == "dataset"
+    assert [t["held_out"] for t in spec["trials"]] == ["ds0", "ds1", "ds2"]
+    assert all(t["plain"]["queries"] == 75 for t in spec["trials"])
+    chosen = [t["steps"] for t in spec["trials"]]
+    assert spec["steps"] == max(chosen, key=chosen.count)
+    assert main([*argv, "--lodo-column", "site", "--out", str(out)]) == 1
+    assert "site" in capsys.readouterr().err

@@ -17,13 +17,8 @@ from radsearch.selection import (
 def _scores(p1, codes, p10=None):
     p1 = np.asarray(p1, float)
     codes = np.asarray(codes)
-    return QueryScores(
-        p1,
-        p1 if p10 is None else np.asarray(p10, float),
-        codes,
-        np.arange(len(p1)),
-        int(codes.max()) + 1,
-    )
+    per_query = np.stack([p1] * 9 + [p1 if p10 is None else np.asarray(p10, float)], axis=1)
+    return QueryScores(per_query, codes, np.arange(len(p1)), int(codes.max()) + 1)
 
 
 def _planted():
@@ -81,7 +76,7 @@ def test_grouped_bootstrap_moves_near_duplicates_together():
     free = RobustObjective().decide(_scores(base, codes), _scores(cand, codes))
     g = np.arange(200) // 6
     grouped = RobustObjective().decide(
-        QueryScores(base, base, codes, g, 1), QueryScores(cand, cand, codes, g, 1)
+        QueryScores(base[:, None], codes, g, 1), QueryScores(cand[:, None], codes, g, 1)
     )
     assert free.accept and not grouped.accept and grouped.confidence < free.confidence
 
@@ -90,7 +85,14 @@ def test_query_scores_use_the_protocol_modified_precision():
     # index labels a,a,b ; query of label b: P@10 is capped at 1 (one b in the index)
     rows = np.array([[2, 0, 1], [0, 2, 1]])
     s = query_scores(rows, ["b", "a"], ["a", "a", "b"])
-    assert s.summary() == {"p@1_micro": 1.0, "p@1_macro": 1.0, "p@10_micro": 0.75}
+    assert s.summary() == {
+        "queries": 2,
+        "p@1_micro": 1.0,
+        "p@1_macro": 1.0,
+        "p@3_micro": 0.75,
+        "p@3_macro": 0.75,
+    }
+    assert s.metrics().tolist() == [1.0, 1.0, 0.75]
 
 
 def test_recipe_trials_rank_as_the_full_recipe_does():
@@ -102,7 +104,7 @@ def test_recipe_trials_rank_as_the_full_recipe_does():
     xq = rng.normal(size=(40, 24)).astype(np.float32)
     xi /= np.linalg.norm(xi, axis=1, keepdims=True)
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-    trials = RecipeTrials(xi, ["a"] * 300, xq, ["a"] * 40)
+    trials = RecipeTrials(xi, ["a"] * 300, xq, ["a"] * 40, k=10)
     for steps in (
         {},
         {"whiten": {"dim": 8}},

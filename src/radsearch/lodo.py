@@ -26,7 +26,14 @@ import numpy as np
 
 from radsearch.errors import RadsearchError
 from radsearch.recipe import Recipe
-from radsearch.selection import RecipeTrials, get_objective, greedy_search, query_scores, scratch
+from radsearch.selection import (
+    METRICS,
+    RecipeTrials,
+    get_objective,
+    greedy_search,
+    query_scores,
+    scratch,
+)
 
 BASELINE = "efficientnet-lite0"
 # the tune grid without local whitening (never kept on RadBench val) and k-reciprocal
@@ -135,7 +142,8 @@ def score_configuration(
 ) -> dict:
     """Figures of ``encoder`` + ``steps`` (fitted on the whole ``index_split``) for the
     ``queries`` mask, as the product computes them (``knn_rows``, the protocol)."""
-    from radsearch.search import knn_rows
+    from radsearch.evaluate.analyses import neighbours
+    from radsearch.evaluate.protocol import DEFAULT_MAX_K
 
     cols = _columns(table)
     idx = cols["split"].astype(str) == index_split
@@ -143,9 +151,8 @@ def score_configuration(
     x = np.asarray(embeddings[encoder], np.float32)
     index = scratch(x[idx])
     index.set_recipe(Recipe(steps) if steps else None)
-    _, rows = knn_rows(index, x[queries], min(10, index.count))
-    s = query_scores(rows, labels[queries], labels[idx])
-    return {**s.summary(), "queries": len(s.p1)}
+    _, rows = neighbours(index, x[queries], DEFAULT_MAX_K)
+    return query_scores(rows, labels[queries], labels[idx]).summary()
 
 
 @dataclass
@@ -198,7 +205,7 @@ def recommend(folds: list[Fold]) -> Choice:
     counts = Counter(f.choice.key() for f in folds)
 
     def merit(key):
-        sel = [sum(f.choice.selection.values()) for f in folds if f.choice.key() == key]
+        sel = [sum(f.choice.selection[m] for m in METRICS) for f in folds if f.choice.key() == key]
         return (counts[key], float(np.mean(sel)))
 
     best = max(counts, key=merit)
@@ -214,8 +221,7 @@ def format_table(folds: list[Fold], baseline: str = BASELINE) -> str:
     lines = [head, f"{'':<22} {'':>7}  " + "  ".join([f"{'plain  chosen':>17}"] * 3)]
     for f in folds:
         cells = [
-            f"{f.plain[m]:.3f} {f.chosen[m]:.3f} {f.chosen[m] - f.plain[m]:+.3f}"
-            for m in ("p@1_micro", "p@1_macro", "p@10_micro")
+            f"{f.plain[m]:.3f} {f.chosen[m]:.3f} {f.chosen[m] - f.plain[m]:+.3f}" for m in METRICS
         ]
         lines.append(
             f"{f.held_out:<22} {f.plain['queries']:>7}  "
@@ -223,13 +229,63 @@ def format_table(folds: list[Fold], baseline: str = BASELINE) -> str:
             + "  "
             + f.choice.describe()
         )
-    mean = [
-        np.mean([f.chosen[m] - f.plain[m] for f in folds])
-        for m in ("p@1_micro", "p@1_macro", "p@10_micro")
-    ]
+    mean = [np.mean([f.chosen[m] - f.plain[m] for f in folds]) for m in METRICS]
     lines.append(
         f"{'mean lift':<22} {'':>7}  "
         + "  ".join(f"{'':>11}{d:+.3f}" for d in mean)
         + f"  (plain = {baseline})"
     )
     return "\n".join(lines)
+
+
+def lodo_recipe(
+    index_vectors,
+    index_labels,
+    index_values,
+    val_vectors,
+    val_labels,
+    val_values,
+    groups=None,
+    *,
+    grid="default",
+    objective="robust",
+    encoder: str = "encoder",
+):
+    """``tune --lodo-column``: one encoder, the recipe chosen leaving each value out.
+
+    For each value the recipe is tuned on the other values' rows only (index and val),
+    then that value's val queries are scored against the full index, plain and with
+    the fold's recipe. Returns ``(choice, folds, whole)``: the recipe most folds chose,
+    the folds, and plain vs chosen figures on every val query."""
+    from radsearch.tune import tune_recipe
+
+    xi, xv = np.asarray(index_vectors, np.float32), np.asarray(val_vectors, np.float32)
+    li, lv = np.asarray(index_labels, dtype=object), np.asarray(val_labels, dtype=object)
+    vi, vv = np.asarray(index_values).astype(str), np.asarray(val_values).astype(str)
+    g = None if groups is None else np.asarray(groups, dtype=object)
+    full = RecipeTrials(xi, li)
+    folds = []
+    for held in sorted(set(vv.tolist())):
+        ki, kv = vi != held, vv != held
+        if not ki.any() or not kv.any():
+            raise RadsearchError(f"LODO: nothing left to tune on without {held!r}")
+        recipe, best, _ = tune_recipe(
+            xi[ki],
+            li[ki],
+            xv[kv],
+            lv[kv],
+            grid,
+            objective=objective,
+            groups=None if g is None else g[kv],
+        )
+        steps = recipe.settings()["steps"] if recipe else {}
+        scored = full.queries(xv[vv == held], lv[vv == held])
+        choice = Choice(encoder, steps, best)
+        folds.append(Fold(held, choice, scored({}).summary(), scored(steps).summary()))
+    choice = recommend(folds)
+    everyone = full.queries(xv, lv, g)
+    return (
+        choice,
+        folds,
+        {"plain": everyone({}).summary(), "chosen": everyone(choice.steps).summary()},
+    )

@@ -35,36 +35,55 @@ from radsearch.recipe import Recipe
 METRICS = ("p@1_micro", "p@1_macro", "p@10_micro")
 
 
+SUMMARY_KS = (1, 3, 5, 10)
+
+
 @dataclass
 class QueryScores:
-    """Per-query modified P@1 and P@10 of one trial over the scored queries."""
+    """Per-query modified P@1..K of one trial (``per_query``, Q x K) over the scored
+    queries, with what the bootstrap and the macro average need."""
 
-    p1: np.ndarray
-    p10: np.ndarray
+    per_query: np.ndarray
     codes: np.ndarray  # label code of each scored query
     groups: np.ndarray  # resampling unit of each scored query (0..G-1)
     n_labels: int
 
+    @property
+    def p1(self) -> np.ndarray:
+        return self.per_query[:, 0]
+
+    @property
+    def p10(self) -> np.ndarray:
+        """P@10 (P@K on an index of fewer than ten rows)."""
+        return self.per_query[:, min(10, self.per_query.shape[1]) - 1]
+
+    def _averages(self, values: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Micro and macro mean of one per-query column under draw counts ``w`` (B x Q)."""
+        onehot = np.zeros((len(self.codes), self.n_labels))
+        onehot[np.arange(len(self.codes)), self.codes] = 1.0
+        per_n, per_s = w @ onehot, (w * values) @ onehot
+        present = per_n > 0
+        means = np.where(present, per_s / np.where(present, per_n, 1.0), 0.0)
+        return w @ values / w.sum(1), means.sum(1) / np.maximum(present.sum(1), 1)
+
     def metrics(self, weights: np.ndarray | None = None) -> np.ndarray:
         """``[P@1 micro, P@1 macro, P@10 micro]``; with ``weights`` (B x Q, how often
         each query was drawn) one row per resample."""
-        w = np.ones((1, len(self.p1))) if weights is None else np.asarray(weights, np.float64)
-        n = w.sum(1)
-        micro1 = w @ self.p1 / n
-        micro10 = w @ self.p10 / n
-        onehot = np.zeros((len(self.codes), self.n_labels))
-        onehot[np.arange(len(self.codes)), self.codes] = 1.0
-        per_n = w @ onehot
-        per_s = (w * self.p1) @ onehot
-        present = per_n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means = np.where(present, per_s / np.where(present, per_n, 1.0), 0.0)
-        macro1 = means.sum(1) / np.maximum(present.sum(1), 1)
+        w = np.ones((1, len(self.codes))) if weights is None else np.asarray(weights, np.float64)
+        micro1, macro1 = self._averages(self.p1, w)
+        micro10 = w @ self.p10 / w.sum(1)
         out = np.stack([micro1, macro1, micro10], axis=1)
         return out[0] if weights is None else out
 
-    def summary(self) -> dict[str, float]:
-        return {m: float(v) for m, v in zip(METRICS, self.metrics(), strict=True)}
+    def summary(self) -> dict:
+        """``queries`` and P@k micro/macro at k = 1, 3, 5, 10 (those the table has)."""
+        out: dict = {"queries": len(self.codes)}
+        w = np.ones((1, len(self.codes)))
+        for k in SUMMARY_KS:
+            if k <= self.per_query.shape[1]:
+                mi, ma = self._averages(self.per_query[:, k - 1], w)
+                out[f"p@{k}_micro"], out[f"p@{k}_macro"] = float(mi[0]), float(ma[0])
+        return out
 
 
 def query_scores(rows: np.ndarray, query_labels, index_labels, groups=None) -> QueryScores:
@@ -74,10 +93,9 @@ def query_scores(rows: np.ndarray, query_labels, index_labels, groups=None) -> Q
 
     (q_codes, i_codes), vocab = encode_labels(query_labels, index_labels)
     res = modified_precision(np.asarray(rows), q_codes, i_codes, len(vocab), max_k=10)
-    pq = res.per_query
     g = np.arange(len(q_codes)) if groups is None else np.asarray(groups, dtype=object)
     _, g_codes = np.unique(np.asarray(g)[res.scored].astype(str), return_inverse=True)
-    return QueryScores(pq[:, 0], pq[:, -1], q_codes[res.scored], g_codes, len(vocab))
+    return QueryScores(res.per_query, q_codes[res.scored], g_codes, len(vocab))
 
 
 def bootstrap_weights(groups: np.ndarray, n: int = 1000, seed: int = 0) -> np.ndarray:
@@ -92,9 +110,9 @@ def bootstrap_weights(groups: np.ndarray, n: int = 1000, seed: int = 0) -> np.nd
 
 def scratch(vectors: np.ndarray):
     """A throw-away in-memory index over ``vectors`` (searched through ``knn_rows``)."""
-    from radsearch.tune import VectorIndex
+    from radsearch.evaluate.analyses import scratch_index
 
-    return VectorIndex(vectors).index
+    return scratch_index(vectors)
 
 
 FIT_STEPS = ("whiten", "cluster")
@@ -117,7 +135,13 @@ class RecipeTrials:
         query_labels=None,
         groups=None,
         views: dict | None = None,
+        k: int | None = None,
     ):
+        from radsearch.evaluate.protocol import DEFAULT_MAX_K
+
+        # evaluate's neighbour count: query expansion re-scores max(4k, 50) candidates,
+        # so the first ten hits depend on it
+        self.k = k or DEFAULT_MAX_K
         self.xi = np.asarray(index_vectors, np.float32)
         self.li = list(index_labels)
         self.xq = None if query_vectors is None else np.asarray(query_vectors, np.float32)
@@ -126,7 +150,7 @@ class RecipeTrials:
 
     def queries(self, vectors, labels, groups=None) -> RecipeTrials:
         """The same index (and fitted steps) scored on other queries."""
-        return RecipeTrials(self.xi, self.li, vectors, labels, groups, self._views)
+        return RecipeTrials(self.xi, self.li, vectors, labels, groups, self._views, self.k)
 
     def _view(self, fit: dict):
         key = json.dumps(fit, sort_keys=True)
@@ -140,14 +164,14 @@ class RecipeTrials:
                 self._views[key] = (scratch(db[:, keep]), r, keep)
         return self._views[key]
 
-    def neighbours(self, steps: dict, k: int = 10) -> np.ndarray:
-        from radsearch.search import knn_rows
+    def neighbours(self, steps: dict) -> np.ndarray:
+        from radsearch.evaluate.analyses import neighbours
 
         index, fitted, keep = self._view({s: o for s, o in steps.items() if s in FIT_STEPS})
         q = self.xq if fitted is None else fitted.transform_query(self.xq)[:, keep]
         rest = {s: o for s, o in steps.items() if s not in FIT_STEPS and s != "flip"}
         index.set_recipe(Recipe(rest) if rest else None)
-        return knn_rows(index, q, min(k, index.count))[1]
+        return neighbours(index, q, self.k)[1]
 
     def __call__(self, steps: dict) -> QueryScores:
         return query_scores(self.neighbours(steps), self.lq, self.li, self.groups)
@@ -181,7 +205,7 @@ class RobustObjective:
         return self._weights[key]
 
     def decide(self, current: QueryScores, candidate: QueryScores) -> Decision:
-        if len(current.p1) != len(candidate.p1):
+        if len(current.codes) != len(candidate.codes):
             raise RadsearchError("objective: the two trials scored different queries")
         w = self._boot(current)
         delta = candidate.metrics() - current.metrics()
@@ -243,40 +267,42 @@ def greedy_search(score: Callable[[dict], QueryScores], grid: dict, objective, l
     adds the best option the objective accepts against the steps kept so far.
 
     ``score(steps)`` scores a recipe's steps on the tuning queries. Returns
-    ``(steps, scores, accepted, trials)``; ``trials`` lists every scored recipe."""
+    ``(steps, scores, accepted, trials)``; ``trials`` lists every scored recipe with
+    the objective's verdict (``accepted``, ``confidence``) and whether it was ``kept``."""
     steps: dict = {}
     best = score({})
-    trials = [{"steps": {}, **best.summary()}]
+    trials = [{"steps": {}, **best.summary(), "kept": True}]
     accepted: list[Step] = []
     if log:
-        m = best.summary()
-        log(
-            f"  {'none':<60} P@1 {m['p@1_micro']:.4f}/{m['p@1_macro']:.4f}  P@10 {m['p@10_micro']:.4f}"
-        )
+        p = best.metrics()
+        log(f"  {'none':<60} P@1 {p[0]:.4f}/{p[1]:.4f}  P@10 {p[2]:.4f}")
     for name, options in grid.items():
         pick = None
         for opt in options:
             if opt is None:
                 continue
-            cand_steps = {**steps, name: opt}
+            cand_steps = json.loads(json.dumps({**steps, name: opt}))
             cand = score(cand_steps)
             d = objective.decide(best, cand)
-            trials.append({"steps": cand_steps, **cand.summary(), "accepted": d.accept})
+            trial = {"steps": cand_steps, **cand.summary(), "accepted": d.accept}
+            trial.update(confidence=d.confidence, kept=False)
+            trials.append(trial)
             if log:
                 log(_trial_line(cand_steps, cand, d))
             if d.accept and (pick is None or d.rank > pick[2].rank):
-                pick = (cand_steps, cand, d)
+                pick = (cand_steps, cand, d, trial)
         if pick is not None:
             steps, best = pick[0], pick[1]
+            pick[3]["kept"] = True
             accepted.append(Step(name, dict(pick[0][name]), pick[2]))
     return steps, best, accepted, trials
 
 
 def _trial_line(steps: dict, s: QueryScores, d: Decision) -> str:
-    m = s.summary()
+    p = s.metrics()
     conf = "" if d.confidence is None else f"  conf {d.confidence:.2f}"
     verdict = "kept" if d.accept else f"no: {d.reason}"
     return (
-        f"  {Recipe(steps).describe():<60} P@1 {m['p@1_micro']:.4f}/{m['p@1_macro']:.4f}"
-        f"  P@10 {m['p@10_micro']:.4f}{conf}  {verdict}"
+        f"  {Recipe(steps).describe():<60} P@1 {p[0]:.4f}/{p[1]:.4f}"
+        f"  P@10 {p[2]:.4f}{conf}  {verdict}"
     )
