@@ -123,8 +123,15 @@ def _cli_table(tmp_path):
     for i in range(900):
         lab = i % 9
         split = ("train", "train", "val", "test")[(i // 9) % 4]
-        rows.append({"filepath": f"img{i}.png", "dataset": f"ds{lab // 3}", "label": f"c{lab}",
-                     "split": split, "group_id": f"p{i // 2}"})
+        rows.append(
+            {
+                "filepath": f"img{i}.png",
+                "dataset": f"ds{lab // 3}",
+                "label": f"c{lab}",
+                "split": split,
+                "group_id": f"p{i // 2}",
+            }
+        )
         vecs.append(centres[lab] + rng.standard_normal(d) * noise)
     with open(tmp_path / "m.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -134,7 +141,14 @@ def _cli_table(tmp_path):
     vecs = np.asarray(vecs, np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     np.savez(tmp_path / "e.npz", emb=vecs, filepath=np.asarray([r.id for r in refs]))
-    return ["tune", str(tmp_path / "m.csv"), "--embeddings", str(tmp_path / "e.npz"), "--grid", "quick"]
+    return [
+        "tune",
+        str(tmp_path / "m.csv"),
+        "--embeddings",
+        str(tmp_path / "e.npz"),
+        "--grid",
+        "quick",
+    ]
 
 
 def test_tune_cli_robust_default_reports_queries_and_confidence(tmp_path, capsys):
