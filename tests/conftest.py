@@ -120,3 +120,15 @@ def pattern_folder(tmp_path) -> Path:
         for n in range(4):
             Image.fromarray(make_pattern(kind, seed=n)).save(root / kind / f"{n}.png")
     return root
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test instead of hanging."""
+    import socket
+
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -157,3 +157,52 @@ def test_core_cli_needs_no_optional_extras(monkeypatch):
         for mod in [m for m in list(sys.modules) if m.startswith(stages)]:
             del sys.modules[mod]
         sys.modules.update(before)
+
+
+def _verb_argv(verb: str, p) -> tuple[list[str], list[list[str]]]:
+    """Positionals and (option, value...) groups that ``verb``'s parser accepts."""
+    import argparse
+
+    positionals, options = [], []
+    for action in p._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        if not action.option_strings:
+            many = action.nargs in ("*", "+")
+            positionals += [f"{action.dest}{i}" for i in range(2 if many else 1)]
+            continue
+        flag = action.option_strings[-1]
+        if action.nargs == 0:
+            options.append([flag])
+        elif action.choices:
+            options.append([flag, str(list(action.choices)[-1])])
+        elif action.type in (int, float):
+            options.append([flag, "3"])
+        elif action.type is None:
+            options.append([flag, "value"])
+    exclusive = {a.dest for g in p._mutually_exclusive_groups for a in g._group_actions[1:]}
+    options = [o for o in options if p._option_string_actions[o[0]].dest not in exclusive]
+    return positionals, options
+
+
+def test_options_work_in_any_position_in_every_verb():
+    """``radsearch search DIR -k 5 q.jpg``: for every verb, options placed before,
+    between and after the positionals parse to the same namespace as options last."""
+    from radsearch.cli import build_parser
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    assert {"index", "search", "info", "models", "remove", "serve"} <= set(verbs)
+    for verb, sub in verbs.items():
+        positionals, options = _verb_argv(verb, sub)
+        flat = [x for o in options for x in o]
+        last = vars(parser.parse_args([verb, *positionals, *flat]))
+        first = vars(parser.parse_args([verb, *flat, *positionals]))
+        woven = [verb]
+        for i in range(max(len(positionals), len(options))):
+            woven += options[i] if i < len(options) else []
+            woven += positionals[i : i + 1]
+        assert first == last, verb
+        assert vars(parser.parse_args(woven)) == last, (verb, woven)
+    args = parser.parse_args(["search", "DIR", "-k", "5", "q.jpg", "--json", "r.jpg"])
+    assert args.index == "DIR" and args.queries == ["q.jpg", "r.jpg"] and args.k == 5 and args.json

@@ -4,7 +4,6 @@ with tiny random models saved in the layouts real downloads have."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -36,17 +35,6 @@ def hf_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test instead of hanging."""
-
-    def refuse(*a, **k):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def check_vectors(enc, dim):

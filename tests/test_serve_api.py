@@ -40,7 +40,8 @@ def query_png(tmp_path_factory) -> bytes:
 def _client(index, **kw) -> TestClient:
     from radsearch.serve import create_app
 
-    return TestClient(create_app(index, **kw), raise_server_exceptions=False)
+    return TestClient(create_app(index, **kw), base_url="http://127.0.0.1",
+                      raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_search_hits_identical_to_cli(small_index, query_png, tmp_path, capsys):
     assert main(["search", str(small_index), str(qpath), "-k", "5", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)["queries"][0]
 
-    api = _search(_client(small_index, show_phi=True), query_png).json()
+    api = _search(_client(small_index, show_phi=True, show_paths=True), query_png).json()
     assert api["hits"] == cli["hits"]
     assert api["suggestion"] == cli["suggestion"]
     assert api["hits"][0]["label"] == "rings"
@@ -204,14 +205,14 @@ def test_k_limit_and_validation_errors_are_json(small_index, query_png):
 
 
 def test_internal_errors_hide_the_traceback(small_index, query_png, monkeypatch):
-    import radsearch.serve.app as serve_app
+    import radsearch.serve.routes_api as routes_api
 
     c = _client(small_index)
 
     def boom(*a, **k):
         raise ValueError("secret internal detail /home/x")
 
-    monkeypatch.setattr(serve_app, "encode_png", boom)
+    monkeypatch.setattr(routes_api, "encode_png", boom)
     r = c.get("/api/items/img/stripes-0.png/image", params={"size": 17})
     assert r.status_code == 500
     assert r.json() == {"error": "internal server error (ValueError)"}

@@ -23,7 +23,7 @@ def test_api_top_label_agreement_equals_index_search(radbench_index, radbench_re
 
     test = [r for r in radbench_refs if r.metadata.get("split") == "test"]
     sample = test[:: max(1, len(test) // SAMPLE)][:SAMPLE]
-    client = TestClient(create_app(radbench_index.path))
+    client = TestClient(create_app(radbench_index.path), base_url="http://127.0.0.1")
     info = client.get("/api/info").json()
     assert info["count"] == radbench_index.count and info["encoder"] == "efficientnet-lite0"
 

@@ -7,14 +7,14 @@ under ``artifacts/``. Skipped when /usr/bin/chromium is absent (``.ci/run`` inst
 
 from __future__ import annotations
 
-import socket
-import threading
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, make_pattern
+from serve_helpers import LiveServer as _Server
 from serve_helpers import pattern_index
 
 pytest.importorskip("fastapi")
@@ -51,28 +51,6 @@ def ui_index(tmp_path_factory):
     for n, kind in enumerate(("rings", "stripes")):
         Image.fromarray(make_pattern(kind, size=128, seed=11 + n)).save(root / f"query-{kind}.png")
     return out
-
-
-class _Server:
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +99,9 @@ def test_upload_shows_k_hits_with_labels(ui_index, browser):
         assert page.inner_text("#suggestion-value") == "mr_brain/rings"
         assert "MR · brain" in hits.first.inner_text()
         assert "patient" not in hits.first.inner_text()  # PHI is not served by default
+        ids = hits.locator(".id").all_inner_texts()  # each card names its item by id ...
+        assert len(ids) == 6 and all(re.fullmatch(r"img/(stripes|rings|blob)-\d\.png", i) for i in ids)
+        assert str(ui_index.parent) not in page.inner_text("body")  # ... never by server path
         link = hits.first.locator("a.pacs")
         assert link.inner_text() == "open in PACS viewer"
         assert link.get_attribute("href").startswith("http://pacs.example/app/explorer.html#instance")
@@ -187,6 +168,8 @@ def test_keyboard_only(ui_index, browser):
         page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
         assert page.evaluate("document.activeElement.id") == "viewer-close"
         assert "stripes" in page.inner_text("#viewer-meta")
+        assert "source" not in page.inner_text("#viewer-meta")  # no server path by default
+        assert str(ui_index.parent) not in page.inner_text("#viewer-meta")
         page.screenshot(path=str(ARTIFACTS / "ui-viewer.png"))
         page.keyboard.press("Escape")
         page.wait_for_selector("#viewer:not([open])", state="attached")

@@ -16,6 +16,7 @@ import torch
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+
 def hf_snapshot_dir(cache: Path, repo_id: str) -> Path:
     """Create ``models--org--name/{refs/main, snapshots/<hash>/}`` as the HF cache does."""
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
@@ -176,3 +177,49 @@ def synthetic_images(size: int = 80) -> list[np.ndarray]:
     b[(yy - size / 3) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2] = (250, 240, 200)
     b[size * 3 // 4 :, :] = (30, 90, 160)
     return [a.astype(np.uint8), b.astype(np.uint8)]
+
+
+# MedCLIP-ViT: Swin keys as the transformers of 2022 wrote them (the released checkpoint),
+# written independently of the loader (which relies on transformers' own renaming).
+TINY_SWIN = dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=7, image_size=56,
+                 patch_size=4)
+_TO_SWIN_2022 = [
+    ("attention.q_proj.", "attention.self.query."),
+    ("attention.k_proj.", "attention.self.key."),
+    ("attention.v_proj.", "attention.self.value."),
+    ("attention.relative_position_bias.relative_position_bias_table",
+     "attention.self.relative_position_bias_table"),
+    ("attention.o_proj.", "attention.output.dense."),
+    ("mlp.fc1.", "intermediate.dense."),
+    ("mlp.fc2.", "output.dense."),
+]
+
+
+def save_tiny_medclip(directory: Path, proj_dim: int = 24):
+    """A MedCLIP-style ``pytorch_model.bin`` of a tiny Swin: ``vision_model.model.*`` (old
+    key names, with the ``relative_position_index`` buffers they kept),
+    ``vision_model.projection_head.weight``, a text tower and ``logit_scale``.
+
+    Returns the directory, the Swin model and the projection weight it was made from.
+    """
+    from transformers import SwinConfig, SwinModel
+
+    torch.manual_seed(0)
+    swin = randomise(SwinModel(SwinConfig(**TINY_SWIN))).eval()
+    state = {}
+    for key, value in swin.state_dict().items():
+        for new, old in _TO_SWIN_2022:
+            key = key.replace(new, old)
+        state["vision_model.model." + key] = value.clone()
+    for name, _ in swin.named_modules():
+        if name.endswith("blocks.0") or name.endswith("blocks.1"):
+            n = TINY_SWIN["window_size"] ** 2
+            state[f"vision_model.model.{name}.attention.self.relative_position_index"] = (
+                torch.zeros(n * n, dtype=torch.long))
+    projection = torch.randn(proj_dim, swin.num_features) * 0.1
+    state["vision_model.projection_head.weight"] = projection
+    state["text_model.projection_head.weight"] = torch.randn(proj_dim, 8)
+    state["logit_scale"] = torch.tensor(2.65)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state, directory / "pytorch_model.bin")
+    return directory, swin, projection

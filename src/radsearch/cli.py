@@ -21,7 +21,28 @@ _STAGE_MODULES = [
     "radsearch.evaluate.cli",  # evaluate, compare
     "radsearch.tune_cli",  # tune
     "radsearch.serve.cli",  # serve
+    "radsearch.encoders.pull",  # pull
 ]
+
+
+class AnyOrderParser(argparse.ArgumentParser):
+    """A verb's parser: options may come before, between or after its positionals.
+
+    Plain ``parse_args`` gives a ``nargs="*"`` positional everything up to the first
+    option and then rejects the rest (``search DIR -k 5 q.jpg``); intermixed parsing
+    reads the options first and the positionals from what is left, wherever they stand.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # the intermixed parser's own passes
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def cmd_index(args) -> int:
@@ -185,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="radsearch", description="Content-based image retrieval for radiology."
     )
     parser.add_argument("--version", action="version", version=f"radsearch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=AnyOrderParser)
 
     p = sub.add_parser("index", help="build or extend an index from a folder, CSV, file or PACS")
     p.add_argument("source", help="folder, CSV manifest, image/DICOM/NIfTI file, or dicomweb:URL")

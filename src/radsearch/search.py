@@ -76,7 +76,10 @@ def filter_rows(index, where: dict | None) -> np.ndarray | None:
     """Row numbers whose metadata matches every ``column -> value`` (comma = any of)."""
     if not where:
         return None
+    import pyarrow as pa
     import pyarrow.compute as pc
+
+    from radsearch.io.sources import alternatives
 
     mask = None
     for col, value in where.items():
@@ -85,8 +88,8 @@ def filter_rows(index, where: dict | None) -> np.ndarray | None:
                 f"filter column {col!r} is not in the index (columns: "
                 f"{', '.join(index.items.column_names)})"
             )
-        allowed = [v.strip() for v in str(value).split(",")]
-        m = pc.is_in(index.items.column(col), value_set=__import__("pyarrow").array(allowed))
+        allowed = pa.array(sorted(alternatives(value)))
+        m = pc.is_in(index.items.column(col), value_set=allowed)
         mask = m if mask is None else pc.and_(mask, m)
     rows = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
     return rows.astype(np.int64)
@@ -114,7 +117,7 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
             images.append(np.asarray(q))
     encoder = index.encoder()
     recipe = index.recipe
-    if recipe is not None and hasattr(recipe, "encode_queries"):
+    if recipe is not None:
         return names, recipe.encode_queries(encoder, images)
     return names, encoder.encode_images(images)
 

@@ -6,10 +6,10 @@
 - ``onnx``: the module exported to ONNX and run by ONNX Runtime (CPU), with threads
   set to the cores this process may use. Picklable (the model travels as bytes), so
   Ray actors can receive it.
-- ``auto`` (default for the pipeline): ``onnx`` when onnxruntime is installed, the
-  encoder is a CNN family, the device is the CPU, its embeddings match the eager
-  module's within ``1e-3`` cosine on a probe batch *and* it is faster on that batch;
-  otherwise ``torch``.
+- ``auto`` (default for the pipeline): ``onnx`` when onnxruntime and onnx import (core
+  dependencies, so the plain install has them), the encoder is a CNN family, the
+  device is the CPU, its embeddings match the eager module's within ``1e-3`` cosine on
+  a probe batch *and* it is faster on that batch; otherwise ``torch``.
 
 The encoder's config (and its hash in index manifests) is unchanged: the vectors are
 the same within the tolerance. ``encoder.runtime_info`` records what was chosen.
@@ -186,11 +186,13 @@ def accelerate(encoder, runtime: str | None = None, *, min_speedup: float = 1.0)
         encoder.runtime_info = info
         return encoder
     try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
         import onnxruntime  # noqa: F401
     except ImportError:
         if runtime == "onnx":
             raise EncoderError(
-                'runtime onnx needs onnxruntime: pip install "radsearch[scale]"'
+                "runtime onnx needs onnxruntime and onnx (core dependencies of radsearch): "
+                "pip install onnxruntime onnx"
             ) from None
         encoder.module = _torch_module()(eager).eval()
         encoder.runtime_info = info

@@ -89,7 +89,8 @@ def _mapped_module(net, pooling: str):
     return _Pooled()
 
 
-def _state_dict(path, cfg: EncoderConfig) -> dict:
+def read_state_dict(path, cfg: EncoderConfig) -> dict:
+    """A checkpoint's tensors (unwrapping ``model`` / ``state_dict``), or ``EncoderError``."""
     import torch
 
     try:
@@ -222,7 +223,7 @@ def load_litemedsam(cfg: EncoderConfig, weights: str | None):
     if not path.exists():
         raise EncoderError(f"model {cfg.name!r}: weights file not found: {path}")
     net = build_lite_image_encoder()
-    net.load_state_dict(image_encoder_tensors(_state_dict(path, cfg)), strict=True)
+    net.load_state_dict(image_encoder_tensors(read_state_dict(path, cfg)), strict=True)
     return _mapped_module(net, cfg.pooling)
 
 
@@ -273,7 +274,7 @@ def load_sam_checkpoint(cfg: EncoderConfig, weights: str | None):
             f"model {cfg.name!r}: needs transformers; pip install 'radsearch[hub]'"
         ) from None
     net = SamVisionModel(SamVisionConfig(**cfg.extra.get("vision_config", {})))
-    state = sam_keys_to_transformers(image_encoder_tensors(_state_dict(path, cfg)))
+    state = sam_keys_to_transformers(image_encoder_tensors(read_state_dict(path, cfg)))
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise EncoderError(

@@ -153,7 +153,7 @@ def compute_embeddings(
     progress: bool = True,
 ):
     """Embed ``refs`` with ``model`` through the cache; returns (config, kept refs,
-    vectors, failures)."""
+    vectors, failures, cache folder)."""
     from radsearch.embed import embed_refs
     from radsearch.encoders import create_encoder, get_config
 

@@ -242,77 +242,68 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(
-    out: Path,
-    metrics: dict,
-    col_metrics: dict,
-    nb,
-    scores,
-    index_refs,
-    query_refs,
-    map_data,
-    gallery: int = 12,
-) -> Path:
-    """``out/report.html``: every plot and thumbnail embedded (one file to share)."""
+def _overview(metrics: dict) -> list[str]:
+    """Title, what was evaluated, and the P@k table with its curves."""
     ks = ["1", "3", "5", "10"]
-    enc = metrics["encoder"]
-    ds = metrics["dataset"]
-    c = metrics["counts"]
-    sec = [
+    enc, ds, c = metrics["encoder"], metrics["dataset"], metrics["counts"]
+    rows = [
+        [col, avg] + [pk[avg].get(k) for k in ks]
+        for col, pk in metrics["precision_at_k"].items()
+        for avg in ("micro", "macro")
+    ]
+    return [
         f"<h1>radsearch evaluation: {html.escape(enc['name'])}</h1>",
         f"<p>Dataset <code>{html.escape(ds['csv'])}</code> (hash {ds['hash']}): index = "
         f"{c['index']} rows of split <b>{html.escape(ds['index_split'])}</b>, queries = {c['queries']} "
         f"rows of split <b>{html.escape(ds['query_split'])}</b>; dim {c['dim']}; exact cosine kNN, "
         f"k up to {c['k']}; recipe: {html.escape(json.dumps(metrics.get('recipe')))}.</p>",
         "<h2>Precision at k (the paper's modified P@k)</h2>",
+        _table(["column", "average"] + [f"P@{k}" for k in ks], rows),
+        '<div class="plots">' + _img(plot_pk(metrics), "P@k curves") + "</div>",
     ]
-    rows = []
-    for col, pk in metrics["precision_at_k"].items():
-        for avg in ("micro", "macro"):
-            rows.append([col, avg] + [pk[avg].get(k) for k in ks])
-    sec.append(_table(["column", "average"] + [f"P@{k}" for k in ks], rows))
-    sec.append('<div class="plots">' + _img(plot_pk(metrics), "P@k curves") + "</div>")
 
-    sec.append("<h2>Anatomy versus pathology: every label column side by side</h2>")
-    rows = []
-    for col in metrics["precision_at_k"]:
-        knn = metrics["knn_classification"][col]
-        kv = max(knn, key=int) if knn else None
-        probe = (metrics.get("linear_probe") or {}).get(col, {})
-        q = (metrics.get("embedding_quality") or {}).get(col, {})
-        rows.append(
-            [
-                col,
-                metrics["label_counts"][col]["labels_in_index"],
-                metrics["precision_at_k"][col]["micro"].get("1"),
-                metrics["map_at_k"][col].get("10"),
-                metrics["recall_at_k"][col].get("10"),
-                knn[kv]["balanced_accuracy"] if kv else None,
-                knn[kv]["macro_f1"] if kv else None,
-                probe.get("accuracy"),
-                probe.get("balanced_accuracy"),
-                q.get("silhouette"),
-                q.get("knn_purity"),
-            ]
-        )
-    sec.append(
-        _table(
-            [
-                "column",
-                "labels",
-                "P@1 micro",
-                "mAP@10",
-                "recall@10",
-                "kNN bal. acc.",
-                "kNN macro F1",
-                "probe acc.",
-                "probe bal. acc.",
-                "silhouette",
-                "kNN purity",
-            ],
-            rows,
-        )
-    )
+
+COLUMN_HEADER = [
+    "column",
+    "labels",
+    "P@1 micro",
+    "mAP@10",
+    "recall@10",
+    "kNN bal. acc.",
+    "kNN macro F1",
+    "probe acc.",
+    "probe bal. acc.",
+    "silhouette",
+    "kNN purity",
+]
+
+
+def _column_row(metrics: dict, col: str) -> list:
+    knn = metrics["knn_classification"][col]
+    kv = max(knn, key=int) if knn else None
+    probe = (metrics.get("linear_probe") or {}).get(col, {})
+    q = (metrics.get("embedding_quality") or {}).get(col, {})
+    return [
+        col,
+        metrics["label_counts"][col]["labels_in_index"],
+        metrics["precision_at_k"][col]["micro"].get("1"),
+        metrics["map_at_k"][col].get("10"),
+        metrics["recall_at_k"][col].get("10"),
+        knn[kv]["balanced_accuracy"] if kv else None,
+        knn[kv]["macro_f1"] if kv else None,
+        probe.get("accuracy"),
+        probe.get("balanced_accuracy"),
+        q.get("silhouette"),
+        q.get("knn_purity"),
+    ]
+
+
+def _columns(metrics: dict) -> list[str]:
+    """Every label column side by side, and the queries left out of the metrics."""
+    sec = [
+        "<h2>Anatomy versus pathology: every label column side by side</h2>",
+        _table(COLUMN_HEADER, [_column_row(metrics, col) for col in metrics["precision_at_k"]]),
+    ]
     absent = {
         k: v
         for k, v in metrics["absent_from_index"].items()
@@ -332,15 +323,16 @@ def write_report(
                 ],
             )
         )
+    return sec
 
+
+def _plots(metrics: dict, col_metrics: dict, map_data) -> list[str]:
+    """Index size, per-label bars and confusion, the 2-D map, embedding quality."""
+    sec = []
     if "index_size" in metrics:
         sec.append("<h2>Index size</h2>")
-        sec.append(
-            '<div class="plots">'
-            + _img(plot_index_size(metrics["index_size"]), "index size")
-            + "</div>"
-        )
-
+        plot = _img(plot_index_size(metrics["index_size"]), "index size")
+        sec.append(f'<div class="plots">{plot}</div>')
     for col, cm in col_metrics.items():
         bars, conf = plot_per_label(cm), plot_confusion(cm)
         if bars or conf:
@@ -369,6 +361,22 @@ def write_report(
                 ],
             )
         )
+    return sec
+
+
+def write_report(
+    out: Path,
+    metrics: dict,
+    col_metrics: dict,
+    nb,
+    scores,
+    index_refs,
+    query_refs,
+    map_data,
+    gallery: int = 12,
+) -> Path:
+    """``out/report.html``: every plot and thumbnail embedded (one file to share)."""
+    sec = _overview(metrics) + _columns(metrics) + _plots(metrics, col_metrics, map_data)
     if gallery and col_metrics:
         first = next(iter(col_metrics.values()))
         sec.append(

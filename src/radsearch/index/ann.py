@@ -33,6 +33,20 @@ import numpy as np
 
 from radsearch.errors import RadsearchError
 
+
+class SearchKnobs:
+    """``set_search_params`` for every vector store: query-time ``nprobe`` /
+    ``ef_search`` kept in ``self.overrides`` (this process only; the manifest keeps
+    the tuned values)."""
+
+    overrides: dict
+
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        if nprobe:
+            self.overrides["nprobe"] = int(nprobe)
+        if ef_search:
+            self.overrides["ef_search"] = int(ef_search)
+
 TYPES = (
     "auto",
     "flat",

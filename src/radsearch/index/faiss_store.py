@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from radsearch.index.ann import SearchKnobs
+
 FAISS_FILE = "vectors.faiss"
 # Filters allowing at most this many rows are answered by an exact scan of those rows.
 EXACT_FILTER_ROWS = 4096
 
 
-class FaissStore:
+class FaissStore(SearchKnobs):
     """Exact inner-product search by default; ``spec["type"]`` may name an ANN type."""
 
     kind = "faiss"
@@ -91,13 +93,6 @@ class FaissStore:
     @property
     def ntotal(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
-
-    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Query-time knobs (this process only; the manifest keeps the tuned values)."""
-        if nprobe:
-            self.overrides["nprobe"] = int(nprobe)
-        if ef_search:
-            self.overrides["ef_search"] = int(ef_search)
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None):
         """Top-``k`` (scores, rows); ``rows`` restricts the search to those row numbers.

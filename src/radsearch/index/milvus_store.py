@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from radsearch.errors import IndexFormatError, RadsearchError
+from radsearch.index.ann import SearchKnobs
 
 MILVUS_FILE = "milvus.json"
 INSERT_CHUNK = 2000
@@ -68,7 +69,7 @@ def close_client(uri: str) -> None:
         client.close()
 
 
-class MilvusStore:
+class MilvusStore(SearchKnobs):
     kind = "milvus"
 
     def __init__(self, dim: int, spec: dict):
@@ -166,12 +167,6 @@ class MilvusStore:
         self._insert(vectors)
 
     # -- querying -------------------------------------------------------------------
-    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        if nprobe:
-            self.overrides["nprobe"] = int(nprobe)
-        if ef_search:
-            self.overrides["ef_search"] = int(ef_search)
-
     def _params(self) -> dict:
         s = {**self.spec, **self.overrides}
         params = {}

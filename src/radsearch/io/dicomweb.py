@@ -26,6 +26,7 @@ from pathlib import Path
 
 from radsearch.errors import SourceError
 from radsearch.io.items import ItemRef
+from radsearch.io.sources import matches
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ def _is_image(modality: str, sop_class: str) -> bool:
 
 
 def _matches(meta: Mapping, where: Mapping[str, frozenset], keys) -> bool:
-    return all(str(meta.get(k, "")) in allowed for k, allowed in where.items() if k in keys)
+    """The source filter test on the ``keys`` this level of the DICOMweb tree knows."""
+    return matches({k: meta.get(k, "") for k in keys}, where, partial=True)
 
 
 def _fetch(client, study: str, series: str, sop: str, path: Path) -> str | None:

@@ -42,7 +42,7 @@ def parse_where(filters: Iterable[str] | None) -> dict[str, str]:
     return out
 
 
-def _alternatives(value) -> frozenset[str]:
+def alternatives(value) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset(v.strip() for v in value.split(","))
     if isinstance(value, Iterable):
@@ -50,7 +50,7 @@ def _alternatives(value) -> frozenset[str]:
     return frozenset({str(value)})
 
 
-def _matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial: bool) -> bool:
+def matches(meta: Mapping[str, str], where: Mapping[str, frozenset], *, partial: bool) -> bool:
     """Whether ``meta`` passes every filter; ``partial`` skips keys ``meta`` lacks."""
     for key, allowed in where.items():
         if key not in meta:
@@ -154,7 +154,7 @@ def _csv_entries(
 
     # Absolute, so an index's ``source`` column works from any working directory.
     base = (Path(root) if root is not None else csv_path.parent).resolve()
-    allowed_splits = _alternatives(split) if split is not None else None
+    allowed_splits = alternatives(split) if split is not None else None
     seen: dict[str, int] = {}
     entries = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -198,7 +198,7 @@ def _expand(
 ) -> Iterator[ItemRef]:
     """One entry -> its ItemRefs (frames / slices), with DICOM header metadata merged."""
     source = str(path)
-    if not _matches(meta, where, partial=True):  # cheap reject before reading headers
+    if not matches(meta, where, partial=True):  # cheap reject before reading headers
         return
     if kind == "dicom":
         from radsearch.io.dicom import check_frame_count, metadata_from_header, read_dicom_header
@@ -213,7 +213,7 @@ def _expand(
             header = metadata_from_header(ds)
             merged = {k: str(v) for k, v in header.items() if k not in PRIVATE_KEYS}
             merged.update(meta)  # manifest columns win over the header
-            if not _matches(merged, where, partial=False):
+            if not matches(merged, where, partial=False):
                 return
             try:
                 frames = check_frame_count(ds, path)
@@ -228,7 +228,7 @@ def _expand(
     elif kind == "nifti":
         from radsearch.io.nifti import nifti_slice_count
 
-        if not _matches(meta, where, partial=False):
+        if not matches(meta, where, partial=False):
             return
         try:
             count = nifti_slice_count(path)
@@ -238,7 +238,7 @@ def _expand(
             for n in _slice_indices(count, nifti_step, nifti_range):
                 yield ItemRef(f"{item_id}#slice={n}", source, n, dict(meta), nifti_window, kind)
             return
-    if _matches(meta, where, partial=False):
+    if matches(meta, where, partial=False):
         yield ItemRef(item_id, source, None, meta, kind=kind)
 
 
@@ -275,7 +275,7 @@ def iter_source(
         nifti_window = parse_window(nifti_window)
     elif nifti_window is not None:
         nifti_window = (float(nifti_window[0]), float(nifti_window[1]))
-    filters = {str(k): _alternatives(v) for k, v in (where or {}).items()}
+    filters = {str(k): alternatives(v) for k, v in (where or {}).items()}
 
     if path.is_dir():
         if split is not None:

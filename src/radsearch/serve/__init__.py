@@ -5,12 +5,19 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MAX_K", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+__all__ = [
+    "DEFAULT_BODY_TIMEOUT", "DEFAULT_HEADER_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_K",
+    "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app",
+]
 
 # Request limits (here, not in app.py, so the CLI can show them without FastAPI).
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_K = 100
+# Connection hardening (serve/server.py).
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 60.0
 
 
 def create_app(*args, **kwargs):

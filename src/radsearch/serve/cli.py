@@ -11,7 +11,15 @@ DEFAULT_PORT = 8000
 
 
 def register(subparsers) -> None:
-    from radsearch.serve import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+    from radsearch.io.upload import DEFAULT_DECODE_MEMORY
+    from radsearch.serve import (
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_HEADER_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_MAX_K,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_BYTES,
+    )
 
     p = subparsers.add_parser("serve", help="HTTP API and web UI for an index")
     p.add_argument("index", help="index directory")
@@ -21,13 +29,28 @@ def register(subparsers) -> None:
     p.add_argument("--token", default=os.environ.get("RADSEARCH_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on every /api call "
                         "(default: $RADSEARCH_TOKEN)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests whose Host header is NAME (repeatable; '*': any); "
+                        "by default only loopback and the bound address (DNS-rebinding guard)")
     p.add_argument("--show-phi", action="store_true",
                    help="return patient name, id and birth date (stripped by default)")
+    p.add_argument("--show-paths", action="store_true",
+                   help="return each hit's 'source' file path (stripped by default)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                    help="largest accepted upload in MiB (larger: 413)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="largest accepted query image in pixels (larger: 422)")
     p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help="largest k a client may ask for")
+    p.add_argument("--decode-memory-mb", type=float, default=DEFAULT_DECODE_MEMORY / 2**20,
+                   help="memory all query decodes together may use (larger: wait; "
+                        "one that cannot fit: 422)")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="open connections beyond this are closed at once "
+                        f"(default {DEFAULT_MAX_CONNECTIONS} or half the file-handle limit)")
+    p.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT,
+                   help="seconds a connection has to send its request headers")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                   help="seconds a request has to send its body")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin calls from ORIGIN (repeatable; default: none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the query encoder")
@@ -43,6 +66,7 @@ def cmd_serve(args) -> int:
     except ImportError:
         raise RadsearchError("serve needs FastAPI and uvicorn: pip install 'radsearch[serve]'") from None
     from radsearch.serve.app import create_app
+    from radsearch.serve.server import uvicorn_config
 
     if args.threads:
         import torch
@@ -60,10 +84,18 @@ def cmd_serve(args) -> int:
         max_k=args.max_k,
         cors_origins=args.cors_origin or None,
         device=args.device,
+        show_paths=args.show_paths,
+        host=args.host,
+        allowed_hosts=args.allowed_host,
+        decode_memory=int(args.decode_memory_mb * 2**20),
     )
     idx = app.state.index
     print(f"radsearch: serving {idx.path} ({idx.count} items, encoder {idx.encoder_name}) "
           f"on http://{args.host}:{args.port}/" + (" (token required)" if args.token else ""))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                server_header=False, proxy_headers=False)
+    config = uvicorn_config(
+        app, args.host, args.port, max_connections=args.max_connections,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        log_level=args.log_level,
+    )
+    uvicorn.Server(config).run()
     return 0

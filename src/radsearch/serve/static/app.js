@@ -274,7 +274,10 @@
     const patient = hit.patient_id ? "patient " + hit.patient_id : "";
     const study = hit.study_uid ? "study " + hit.study_uid : (hit.group_id ? "group " + hit.group_id : "");
     who.textContent = [patient, study].filter(Boolean).join(" · ");
-    body.append(top, lab, meta, who);
+    const ident = document.createElement("div");
+    ident.className = "id";
+    ident.textContent = hit.id;  // the id, never a server path (hits carry none by default)
+    body.append(top, lab, meta, who, ident);
     const link = pacsLink(hit);
     if (link) body.appendChild(link);
     li.append(img, body);

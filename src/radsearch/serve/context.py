@@ -1,0 +1,107 @@
+"""What every route of ``radsearch serve`` shares: the index, the settings, the caches.
+
+Route modules (``routes_*.py``) receive one ``ServeContext`` and answer through it, so
+the privacy rules (no PHI, no server paths unless asked) live in one place:
+``ServeContext.public``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from starlette.exceptions import HTTPException
+
+from radsearch.io.sources import PRIVATE_KEYS
+from radsearch.io.upload import DecodeBudget
+
+# Never stored by sources (PRIVATE_KEYS) plus patient_id, which is stored for
+# one-per-patient search but is an identifier all the same: hidden unless --show-phi.
+PHI_COLUMNS = ("patient_id", *PRIVATE_KEYS)
+# Columns holding server file paths: hidden unless --show-paths.
+PATH_COLUMNS = ("source",)
+THUMB_CACHE_SIZE = 512
+
+
+class LRU:
+    """A small thread-safe least-recently-used cache (rendered thumbnails)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.data: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            value = self.data.get(key)
+            if value is not None:
+                self.data.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.data[key] = value
+            self.data.move_to_end(key)
+            while len(self.data) > self.size:
+                self.data.popitem(last=False)
+
+
+@dataclass
+class Settings:
+    """The server's limits and disclosure switches (``radsearch serve`` options)."""
+
+    max_upload_bytes: int
+    max_pixels: int
+    max_k: int
+    show_phi: bool = False
+    show_paths: bool = False
+    token: bool = False
+    cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServeContext:
+    index: object  # radsearch.index.Index
+    settings: Settings
+    budget: DecodeBudget
+    info: dict = field(default_factory=dict)
+    search_lock: threading.Lock = field(default_factory=threading.Lock)
+    thumbs: LRU = field(default_factory=lambda: LRU(THUMB_CACHE_SIZE))
+
+    def hidden(self) -> set[str]:
+        """Columns no response may carry under the current settings."""
+        out = set()
+        if not self.settings.show_phi:
+            out.update(PHI_COLUMNS)
+        if not self.settings.show_paths:
+            out.update(PATH_COLUMNS)
+        return out
+
+    def public(self, record: dict) -> dict:
+        """``record`` without the PHI and path columns the settings hide."""
+        hidden = self.hidden()
+        return {k: v for k, v in record.items() if k not in hidden}
+
+    def refuse_phi(self, columns) -> None:
+        """400 when a client filters or votes on a PHI column without --show-phi."""
+        if self.settings.show_phi:
+            return
+        for col in columns:
+            if col in PHI_COLUMNS:
+                raise HTTPException(
+                    400,
+                    f"column {col!r} is protected health information; "
+                    "the server was not started with --show-phi",
+                )
+
+    def row_or_404(self, item_id: str) -> int:
+        row = self.index.row_of(item_id)
+        if row is None:
+            raise HTTPException(404, "no such item in the index")
+        return row
+
+    def item_ref(self, row: int):
+        """The ``ItemRef`` that reads row ``row``'s pixels as indexing read them."""
+        return self.index.ref(row)
