@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "radsearch"
 MAX_FUNCTION = 80
 MAX_MODULE = 450
 # modules whose split is under way; an offender anywhere else fails the test
-PENDING = {"radsearch/serve/app.py", "radsearch/io/dicomweb.py", "radsearch/cli.py"}
+PENDING = {"radsearch/io/dicomweb.py"}
 
 
 def oversized(root: Path = SRC) -> list[str]:

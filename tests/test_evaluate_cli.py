@@ -11,6 +11,7 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 
+from eval_helpers import ONLY_PK
 from radsearch.cli import main
 from radsearch.errors import RadsearchError
 from radsearch.evaluate.runner import EvalOptions, run_evaluation
@@ -214,15 +215,7 @@ def test_labels_absent_from_index_warn_and_are_reported(tmp_path, capsys):
                 str(tmp_path / "emb.npy"),
                 "--out",
                 str(out),
-                "--index-fractions",
-                "none",
-                "--quality-sample",
-                "0",
-                "--map",
-                "none",
-                "--no-probe",
-                "--no-report",
-                "--no-progress",
+                *ONLY_PK,
             ]
         )
         == 0
@@ -254,15 +247,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
         str(csv_path),
         "--out",
         str(tmp_path / "o"),
-        "--no-progress",
-        "--no-report",
-        "--index-fractions",
-        "none",
-        "--map",
-        "none",
-        "--no-probe",
-        "--quality-sample",
-        "0",
+        *ONLY_PK,
     ]
     npy = ["--embeddings", str(tmp_path / "emb.npy")]
     _bad(tmp_path, capsys, base + npy + ["--label-column", "pathology"], "no column 'pathology'")
@@ -317,15 +302,7 @@ def test_recipe_is_applied_exactly_as_search_applies_it(tmp_path, capsys):
         str(tmp_path / "o"),
         "--recipe",
         str(tmp_path / "r.json"),
-        "--no-progress",
-        "--no-report",
-        "--index-fractions",
-        "none",
-        "--map",
-        "none",
-        "--no-probe",
-        "--quality-sample",
-        "0",
+        *ONLY_PK,
         "--max-k",
         "10",
     ]
@@ -377,15 +354,7 @@ def test_compare(tmp_path, capsys):
                     str(tmp_path / f"{name}.npy"),
                     "--out",
                     str(tmp_path / name),
-                    "--no-progress",
-                    "--no-report",
-                    "--index-fractions",
-                    "none",
-                    "--map",
-                    "none",
-                    "--no-probe",
-                    "--quality-sample",
-                    "0",
+                    *ONLY_PK,
                 ]
             )
             == 0

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from eval_helpers import NO_ANALYSES
 from radsearch.cli import main
 
 pytestmark = pytest.mark.radbench
@@ -133,33 +134,13 @@ def test_radbench_model_path_embeds_once_and_reuses_cache(
         "label",
         "--label-column",
         "modality",
-        "--index-fractions",
-        "none",
-        "--quality-sample",
-        "0",
-        "--map",
-        "none",
-        "--no-probe",
+        *NO_ANALYSES,
         "--gallery",
         "2",
         "--no-progress",
     ]
-    assert (
-        main(
-            base
-            + [
-                "--model",
-                "efficientnet-lite0",
-                "--cache-dir",
-                str(cache),
-                "--out",
-                str(tmp_path / "a"),
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    model = ["--model", "efficientnet-lite0", "--cache-dir", str(cache)]
+    assert main([*base, *model, "--out", str(tmp_path / "a"), "--workers", "0"]) == 0
     shards = sorted(work.glob("shard-*.npz"))
     assert len(shards) == 2
     with np.load(shards[-1]) as z:
@@ -168,20 +149,7 @@ def test_radbench_model_path_embeds_once_and_reuses_cache(
     for i in fresh:
         np.testing.assert_allclose(got[i], lite0_by_id[i], atol=2e-4)
     mtimes = [p.stat().st_mtime_ns for p in shards]
-    assert (
-        main(
-            base
-            + [
-                "--model",
-                "efficientnet-lite0",
-                "--cache-dir",
-                str(cache),
-                "--out",
-                str(tmp_path / "b"),
-            ]
-        )
-        == 0
-    )
+    assert main([*base, *model, "--out", str(tmp_path / "b")]) == 0
     assert [p.stat().st_mtime_ns for p in sorted(work.glob("shard-*.npz"))] == mtimes
     np.savez(
         tmp_path / "sub.npz",

@@ -101,7 +101,7 @@ def test_metadata_filter_and_one_per_patient(small_index):
         search_vectors(index, vecs[[0]], k=5, where={"nope": "x"})
 
 
-def test_majority_vote_counts_then_breaks_ties_by_score():
+def test_majority_vote_counts_then_breaks_ties_by_rank():
     from radsearch.search import Hit
 
     hits = [
@@ -113,7 +113,9 @@ def test_majority_vote_counts_then_breaks_ties_by_score():
     v = majority_vote(hits, "label")
     assert v == {"column": "label", "value": "y", "votes": 2, "share": round(2 / 3, 4)}
     tie = majority_vote(hits[:2] + [Hit(3, 0.1, "e", "", {"label": "x"}), hits[2]], "label")
-    assert tie["value"] == "y"  # 2 votes each: y's summed score 1.5 beats x's 1.0
+    assert tie["value"] == "x"  # 2 votes each: x's first hit ranks nearest (evaluate's rule)
+    tie = majority_vote([hits[1], hits[0], Hit(3, 0.65, "e", "", {"label": "x"}), hits[2]], "label")
+    assert tie["value"] == "y" and tie["votes"] == 2  # y's first hit is nearest now
     assert majority_vote([], "label") is None
 
 

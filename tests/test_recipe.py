@@ -300,7 +300,7 @@ def test_search_serve_and_knn_rows_agree(tiny_recipe_index):
         from radsearch.serve import create_app
     except ImportError as exc:
         pytest.skip(f"serve not available: {exc}")
-    client = TestClient(create_app(path))
+    client = TestClient(create_app(path), base_url="http://127.0.0.1")
     for q, expect in zip(queries, via_search, strict=True):
         with open(q, "rb") as fh:
             resp = client.post("/api/search", files={"file": (q.name, fh, "image/png")}, data={"k": str(k)})

@@ -52,23 +52,23 @@ class QueryResult:
 
 def majority_vote(hits: list[Hit], column: str) -> dict | None:
     """The :func:`radsearch.vote.vote` winner among the hits' non-empty ``column``
-    values; ``share`` is its fraction of the voting hits."""
+    values (a tie goes to the nearer); ``share`` is its fraction of the voting hits."""
     from radsearch.vote import vote
 
     values = [h.metadata.get(column, "") for h in hits]
-    vocab = sorted({v for v in values if v not in ("", None)}, key=str)
-    if not vocab:
+    voting = [v for v in values if v not in ("", None)]
+    if not voting:
         return None
+    vocab = list(dict.fromkeys(voting))
     code = {v: i for i, v in enumerate(vocab)}
     labels = np.asarray([[code.get(v, -1) if v not in ("", None) else -1 for v in values]])
-    scores = np.asarray([[float(h.score) for h in hits]])
-    value = vocab[int(vote(labels, len(vocab), scores)[0])]
-    votes = sum(1 for v in values if v == value)
+    value = vocab[int(vote(labels, len(vocab))[0])]
+    votes = voting.count(value)
     return {
         "column": column,
         "value": value,
         "votes": votes,
-        "share": round(votes / sum(1 for v in values if v not in ("", None)), 4),
+        "share": round(votes / len(voting), 4),
     }
 
 

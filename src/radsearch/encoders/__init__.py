@@ -1,4 +1,11 @@
-"""Encoder registry: model name -> config (preprocessing + pooling) -> frozen encoder."""
+"""Encoders: model name -> config (preprocessing + pooling) -> frozen ``Encoder``.
+
+``registry`` holds names, loaders and prefixes; each family module only declares its
+own (``efficientnet``, ``medsam``, ``hf``, ``openclip``, ``timm_models``, ``medclip``,
+``fusion``); ``hubcache`` finds hub weights on disk, ``pull`` fetches them, ``accel``
+swaps in faster runtimes. An ``EncoderConfig``'s hash covers what it computes, never
+where its files lie (``location``).
+"""
 
 from radsearch.encoders.base import Encoder, EncoderConfig, preprocess
 from radsearch.encoders.registry import (
@@ -6,6 +13,7 @@ from radsearch.encoders.registry import (
     create_encoder,
     get_config,
     list_encoders,
+    register_derived,
     register_encoder,
     register_family,
     register_prefix,
@@ -20,6 +28,7 @@ __all__ = [
     "get_config",
     "list_encoders",
     "preprocess",
+    "register_derived",
     "register_encoder",
     "register_family",
     "register_prefix",

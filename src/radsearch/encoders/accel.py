@@ -44,7 +44,7 @@ def cpu_threads() -> int:
 def inference_threads() -> int:
     """Threads for inference: ``$RADSEARCH_THREADS``, else the usable cores not already
     busy (1-minute load average), at least one. Oversubscribing a loaded machine makes
-    every thread wait (measured on the shared 2-core box: 1 thread beat 2 at load 12)."""
+    every thread wait: one thread beats two on two busy cores."""
     env = os.environ.get("RADSEARCH_THREADS")
     if env:
         return max(1, int(env))

@@ -191,18 +191,13 @@ def average_precision_at_k(hits: np.ndarray, relevant: np.ndarray) -> np.ndarray
 
 
 def majority_vote(
-    neighbours: np.ndarray,
-    index_codes: np.ndarray,
-    k: int,
-    n_labels: int,
-    scores: np.ndarray | None = None,
+    neighbours: np.ndarray, index_codes: np.ndarray, k: int, n_labels: int
 ) -> np.ndarray:
     """The :func:`radsearch.vote.vote` winner among the first k neighbours (the rule
-    ``search`` suggests with; ties by summed ``scores``, then nearest). -1 where no
+    ``search`` suggests with: a tie goes to the tied label ranked first). -1 where no
     neighbour has a label."""
     nb = np.asarray(neighbours)[:, :k]
-    lab = np.where(nb >= 0, np.asarray(index_codes)[np.maximum(nb, 0)], -1)
-    return vote(lab, n_labels, None if scores is None else np.asarray(scores)[:, :k])
+    return vote(np.where(nb >= 0, np.asarray(index_codes)[np.maximum(nb, 0)], -1), n_labels)
 
 
 def classification_scores(true: np.ndarray, pred: np.ndarray, n_labels: int) -> dict:
@@ -301,10 +296,8 @@ def column_metrics(
     *,
     max_k: int | None = None,
     vote_ks=DEFAULT_KS,
-    scores: np.ndarray | None = None,
 ) -> ColumnMetrics:
-    """All metrics of one label column from the neighbour table and label strings;
-    ``scores`` (the neighbours' similarities) break kNN vote ties as ``search`` does."""
+    """All metrics of one label column from the neighbour table and label strings."""
     (q_codes, i_codes), vocab = encode_labels(query_values, index_values)
     L = len(vocab)
     hits = hit_matrix(neighbours, q_codes, i_codes)
@@ -314,12 +307,11 @@ def column_metrics(
     counts = label_counts(i_codes, L)
     relevant = counts[q_codes[prec.scored]]
     nb = np.asarray(neighbours)[prec.scored]
-    sc = None if scores is None else np.asarray(scores)[prec.scored]
     knn, preds = {}, {}
     for k in vote_ks:
         if k > K:
             continue
-        pred = majority_vote(nb, i_codes, k, L, sc)
+        pred = majority_vote(nb, i_codes, k, L)
         preds[k] = pred
         knn[str(k)] = classification_scores(q_codes[prec.scored], pred, L)
     return ColumnMetrics(

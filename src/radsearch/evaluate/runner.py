@@ -67,6 +67,7 @@ class EvalOptions:
     batch_size: int = 32
     workers: int | None = None
     progress: bool = True
+    study_column: str | None = None  # studies as queries too (radsearch.evaluate.studies)
 
 
 def _log(opts: EvalOptions, msg: str) -> None:
@@ -290,14 +291,14 @@ def metrics_header(opts: EvalOptions, data: EvalData, k: int, recipe_spec) -> di
     }
 
 
-def score_column(opts, data: EvalData, metrics: dict, col: str, rows, scores, k: int):
+def score_column(opts, data: EvalData, metrics: dict, col: str, rows, k: int):
     """Step 4, per label column: the protocol's metrics into ``metrics``, with a warning
     for queries left out (unlabelled, or with a label the index lacks)."""
     qv, iv = data.column(col)
     unlabelled = sum(1 for v in qv if v == "")
     if unlabelled == len(qv):
         raise RadsearchError(f"column {col!r}: every query row is empty")
-    cm = protocol.column_metrics(col, rows, qv, iv, max_k=k, scores=scores)
+    cm = protocol.column_metrics(col, rows, qv, iv, max_k=k)
     js = cm.to_json()
     for name in COLUMN_SECTIONS:
         metrics[name][col] = js[name]
@@ -383,8 +384,12 @@ def run_evaluation(opts: EvalOptions) -> dict:
     k, index, scores, rows = search_neighbours(opts, data, out)
     metrics = metrics_header(opts, data, k, index.manifest.get("recipe"))
     col_metrics = {
-        col: score_column(opts, data, metrics, col, rows, scores, k) for col in opts.label_columns
+        col: score_column(opts, data, metrics, col, rows, k) for col in opts.label_columns
     }
+    if opts.study_column:
+        from radsearch.evaluate.studies import study_step
+
+        study_step(opts, data, metrics, index)
     write_tables(opts, data, metrics, col_metrics, out)
     map_data = run_analyses(opts, data, metrics, k)
     (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
