@@ -273,3 +273,31 @@ def test_nifti_query_with_slice(client, tmp_path):
     assert r.json()["hits"][0]["label"] == "stripes"
     r = _search(client, p.read_bytes(), name="vol.nii.gz")  # middle slice by default
     assert r.status_code == 200
+
+
+def test_nifti_indexed_with_lung_window_is_served_with_it(tmp_path, capsys):
+    """The item image of a NIfTI slice is rendered with the window used at indexing
+    (``--nifti-window lung``), not the automatic one."""
+    nib = pytest.importorskip("nibabel")
+    from radsearch.cli import main
+    from radsearch.index import Index
+    from radsearch.io.nifti import parse_window, read_nifti_slice
+
+    rng = np.random.default_rng(0)
+    vol = (rng.normal(0, 1, (64, 64, 3)) * 300 - 400).astype(np.int16)  # HU-like
+    path = tmp_path / "chest.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    out = tmp_path / "idx"
+    assert main(["index", str(path), "--out", str(out), "--nifti-window", "lung",
+                 "--no-progress", "--workers", "0"]) == 0
+    capsys.readouterr()
+    index = Index.open(out)
+    c = _client(out)
+    for row, item_id in enumerate(index.items.column("id").to_pylist()):
+        n = index.ref(row).frame
+        r = c.get(f"/api/items/{item_id.replace('#', '%23')}/image")
+        assert r.status_code == 200, r.text
+        served = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+        lung = read_nifti_slice(path, n, window=parse_window("lung"))
+        assert np.array_equal(served, lung), item_id
+        assert not np.array_equal(served, read_nifti_slice(path, n))  # automatic window

@@ -197,3 +197,31 @@ def test_token_prompt(ui_index, browser):
         page.wait_for_selector("#grid li.hit img.thumb[src^='blob:'] >> nth=9")
         assert not errors, errors
         page.close()
+
+
+def test_docs_page_works_offline(ui_index, browser):
+    """/docs renders Swagger UI from the installed package: every operation listed,
+    and not one request leaves the server (a CDN would be blank in a hospital)."""
+    pytest.importorskip("fastapi_offline")
+    from radsearch.serve import create_app
+
+    with _Server(create_app(ui_index)) as url:
+        page = browser.new_page()
+        external = []
+
+        def only_local(route):
+            if route.request.url.startswith(url) or route.request.url.startswith("data:"):
+                return route.continue_()
+            external.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", only_local)
+        page.goto(url + "/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        paths = {p.strip().replace("\u200b", "") for p in
+                 page.locator(".opblock-summary-path").all_inner_texts()}
+        assert {"/api/search", "/api/health", "/api/info", "/api/items/{item_id}"} <= paths, paths
+        assert page.locator(".opblock-post").count() >= 1
+        assert not external, external
+        page.screenshot(path=str(ARTIFACTS / "ui-docs.png"))
+        page.close()

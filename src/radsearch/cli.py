@@ -1,7 +1,9 @@
 """``radsearch`` command line: one verb per stage (clip-retrieval style).
 
 index -> search -> info / models / remove here; evaluate, compare, tune and serve
-register themselves from their own modules (``_STAGE_MODULES``). User errors
+register themselves from their own modules (``_STAGE_MODULES``); a new verb is one
+``register(subparsers)`` there (or one ``_register_*`` here). Options may stand anywhere
+among a verb's arguments (``AnyOrderParser``). User errors
 (``RadsearchError``) print one line ``radsearch: error: ...`` and exit 1.
 """
 
@@ -127,7 +129,7 @@ def cmd_search(args) -> int:
 
     index = Index.open(args.index)
     index.check_model(args.model)
-    if (args.nprobe or args.ef_search) and hasattr(index.store, "set_search_params"):
+    if args.nprobe or args.ef_search:
         index.store.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
     if args.study or args.study_id or args.group_by == "study":
         from radsearch.studies.cli import study_search
@@ -207,7 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"radsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=AnyOrderParser)
+    for register in (_register_index, _register_search, _register_index_tools):
+        register(sub)
+    for mod in _STAGE_MODULES:
+        if find_spec(mod.rpartition(".")[0]) and find_spec(mod):
+            import_module(mod).register(sub)
+    return parser
 
+
+def _register_index(sub) -> None:
     p = sub.add_parser("index", help="build or extend an index from a folder, CSV, file or PACS")
     p.add_argument("source", help="folder, CSV manifest, image/DICOM/NIfTI file, or dicomweb:URL")
     p.add_argument("--out", required=True, help="index directory (created or extended)")
@@ -240,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dicomweb-token", help="bearer token (default: $RADSEARCH_DICOMWEB_TOKEN)")
     p.set_defaults(func=cmd_index)
 
+
+def _register_search(sub) -> None:
     p = sub.add_parser("search", help="find the indexed images most similar to query images")
     p.add_argument("index", help="index directory")
     p.add_argument("queries", nargs="*", help="query image files (PNG, JPEG, DICOM, NIfTI)")
@@ -263,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single-image search: each study once, with its best item")
     p.set_defaults(func=cmd_search)
 
+
+def _register_index_tools(sub) -> None:
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("index")
     p.add_argument("--json", action="store_true")
@@ -277,11 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*")
     p.add_argument("--ids-file", help="file with one id per line")
     p.set_defaults(func=cmd_remove)
-
-    for mod in _STAGE_MODULES:
-        if find_spec(mod.rpartition(".")[0]) and find_spec(mod):
-            import_module(mod).register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

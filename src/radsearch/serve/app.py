@@ -36,7 +36,11 @@ from radsearch.serve.guard import Guard, allowed_hosts_for
 
 log = logging.getLogger("radsearch.serve")
 
-ROUTE_MODULES = ["radsearch.serve.routes_api", "radsearch.serve.routes_ui"]
+ROUTE_MODULES = [
+    "radsearch.serve.routes_api",
+    "radsearch.serve.routes_ui",
+    "radsearch.serve.routes_docs",
+]
 # Room for the multipart boundaries and small form fields around the file itself.
 MULTIPART_SLACK = 64 * 1024
 # Columns offered as filter drop-downs when they have at most this many values.
@@ -162,6 +166,8 @@ def create_app(
         title="radsearch",
         version=__version__,
         description="Content-based image retrieval for radiology: search an index by image.",
+        docs_url=None,  # routes_docs serves /docs from local files
+        redoc_url=None,
     )
     _add_error_handlers(app)
     for name in ROUTE_MODULES:
