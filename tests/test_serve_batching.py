@@ -23,14 +23,18 @@ QUERIES = [(kind, seed) for seed in (20, 21, 22, 23) for kind in KINDS]  # 12 qu
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory):
-    return pattern_index(tmp_path_factory.mktemp("batch"), lambda kind, n: {
-        "label": kind, "patient_id": f"P{n % 2}"})
+    return pattern_index(
+        tmp_path_factory.mktemp("batch"), lambda kind, n: {"label": kind, "patient_id": f"P{n % 2}"}
+    )
 
 
 def _options(i: int) -> dict:
     """Each query its own k, filter and per-patient setting."""
-    return {"k": 3 + i % 4, "where": ["label=rings,blob"] if i % 3 == 0 else None,
-            "one_per_patient": i % 5 == 0}
+    return {
+        "k": 3 + i % 4,
+        "where": ["label=rings,blob"] if i % 3 == 0 else None,
+        "one_per_patient": i % 5 == 0,
+    }
 
 
 def _png(kind: str, seed: int) -> bytes:
@@ -74,8 +78,11 @@ def test_batched_hits_equal_one_at_a_time(index_dir):
         pixels = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
         opts = _options(i)
         where = {"label": "rings,blob"} if opts["where"] else None
-        expected.append(search_index(index, [pixels], k=opts["k"], where=where,
-                                     one_per_patient=opts["one_per_patient"])[0])
+        expected.append(
+            search_index(
+                index, [pixels], k=opts["k"], where=where, one_per_patient=opts["one_per_patient"]
+            )[0]
+        )
     app = create_app(index_dir, batch_max=8, batch_window=0.05)
     with LiveServer(app) as url:
         for _ in range(3):  # the first round may find the worker idle
@@ -114,8 +121,10 @@ def test_a_bad_filter_fails_only_its_own_query(index_dir):
         except Exception as exc:  # noqa: BLE001
             out[name] = exc
 
-    threads = [threading.Thread(target=run, args=("good", None)),
-               threading.Thread(target=run, args=("bad", {"nosuchcolumn": "1"}))]
+    threads = [
+        threading.Thread(target=run, args=("good", None)),
+        threading.Thread(target=run, args=("bad", {"nosuchcolumn": "1"})),
+    ]
     for t in threads:
         t.start()
     for t in threads:
