@@ -287,3 +287,57 @@ def test_cli_index_study_column_and_group_by(pattern_folder, tmp_path, capsys):
     assert len({h["study_id"] for h in hits}) == 3
     code, _, err = run(capsys, "index", csv, "--out", tmp_path / "x", "--study-column", "nope")
     assert code == 1 and "--study-column nope: no such column" in err
+
+
+def test_evaluate_study_column_metrics_and_report(tmp_path, capsys):
+    """``radsearch evaluate --study-column``: study section, both baselines, mixed counted."""
+    rng = np.random.default_rng(1)
+    centres = {lab: unit((i, 1)) for i, lab in enumerate("abc")}
+    lines, vecs = ["filepath,label,split,group_id,dataset"], []
+    plan = [("train", f"t{n}", lab, 3) for n, lab in enumerate("abcabc")]
+    plan += [("test", f"q{n}", lab, 4) for n, lab in enumerate("abc")]
+    for split, group, lab, n_items in plan:
+        for j in range(n_items):
+            dataset = "d1" if lab == "c" else "d0"
+            lines.append(f"img/{group}_{j}.png,{lab},{split},{group},{dataset}")
+            vecs.append(centres[lab] + 0.01 * rng.standard_normal(DIM))
+    lines.append("img/mixed_0.png,a,test,mixed,d0")
+    lines.append("img/mixed_1.png,b,test,mixed,d0")
+    vecs += [centres["a"], centres["b"]]
+    csv = tmp_path / "rows.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    npy = tmp_path / "emb.npy"
+    v = np.stack(vecs).astype(np.float32)
+    np.save(npy, v / np.linalg.norm(v, axis=1, keepdims=True))
+    out = tmp_path / "ev"
+    code, stdout, err = run(
+        capsys,
+        "evaluate",
+        csv,
+        "--embeddings",
+        npy,
+        "--out",
+        out,
+        "--study-column",
+        "group_id",
+        "--index-fractions",
+        "none",
+        "--map",
+        "none",
+        "--no-probe",
+        "--quality-sample",
+        "0",
+        "--gallery",
+        "0",
+        "--no-progress",
+    )
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    for name in ("study", "study_baseline_mean_vector", "study_baseline_single_item"):
+        assert set(m[name]["precision_at_k"]) == {"micro", "macro"}
+        assert m[name]["precision_at_k"]["micro"]["1"] == 1.0
+    assert m["study"]["counts"]["mixed_label_query_studies"] == 1
+    assert m["study"]["queries_scored"] == 3 and set(m["study"]["per_group"]) == {"d0", "d1"}
+    assert "mix 'label' values" in err
+    assert "Studies as the unit of search" in (out / "report.html").read_text()
+    assert "study " in stdout

@@ -55,6 +55,7 @@ def cmd_evaluate(args) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
+        study_column=args.study_column,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # runner prints its own one-line warnings
@@ -70,6 +71,10 @@ def cmd_evaluate(args) -> int:
                 f"{col:<14} {avg:<6} "
                 + " ".join("      -" if v is None else f"{v:7.4f}" for v in vals)
             )
+    if "study" in m:
+        from radsearch.evaluate.studies import print_summary
+
+        print_summary(m)
     print(f"outputs in {opts.out}")
     return 0
 
@@ -157,6 +162,11 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--study-column",
+        metavar="COL",
+        help="also score studies (e.g. group_id): study P@k and its two baselines",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="put several evaluation runs in one table and plot")

@@ -326,6 +326,16 @@ def _columns(metrics: dict) -> list[str]:
     return sec
 
 
+def _studies(metrics: dict) -> list[str]:
+    """Study search against its two baselines (``--study-column``; radsearch.evaluate.studies)."""
+    if "study" not in metrics:
+        return []
+    from radsearch.evaluate.studies import report_rows
+
+    note, header, rows = report_rows(metrics)
+    return ["<h2>Studies as the unit of search</h2>", note, _table(header, rows)]
+
+
 def _plots(metrics: dict, col_metrics: dict, map_data) -> list[str]:
     """Index size, per-label bars and confusion, the 2-D map, embedding quality."""
     sec = []
@@ -376,7 +386,8 @@ def write_report(
     gallery: int = 12,
 ) -> Path:
     """``out/report.html``: every plot and thumbnail embedded (one file to share)."""
-    sec = _overview(metrics) + _columns(metrics) + _plots(metrics, col_metrics, map_data)
+    sec = _overview(metrics) + _columns(metrics) + _studies(metrics)
+    sec += _plots(metrics, col_metrics, map_data)
     if gallery and col_metrics:
         first = next(iter(col_metrics.values()))
         sec.append(

@@ -67,6 +67,7 @@ class EvalOptions:
     batch_size: int = 32
     workers: int | None = None
     progress: bool = True
+    study_column: str | None = None  # studies as queries too (radsearch.evaluate.studies)
 
 
 def _log(opts: EvalOptions, msg: str) -> None:
@@ -385,6 +386,10 @@ def run_evaluation(opts: EvalOptions) -> dict:
     col_metrics = {
         col: score_column(opts, data, metrics, col, rows, k) for col in opts.label_columns
     }
+    if opts.study_column:
+        from radsearch.evaluate.studies import study_step
+
+        study_step(opts, data, metrics, index)
     write_tables(opts, data, metrics, col_metrics, out)
     map_data = run_analyses(opts, data, metrics, k)
     (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))

@@ -16,6 +16,7 @@ from radsearch.errors import RadsearchError
 from radsearch.evaluate import protocol
 from radsearch.studies.aggregate import DEFAULT_METHOD, score_studies
 from radsearch.studies.identity import StudyTable
+from radsearch.studies.search import search_space
 
 BASELINES = {
     "study_baseline_mean_vector": "mean-vector",
@@ -70,6 +71,7 @@ def study_metrics(
     *,
     max_k: int = 10,
     methods: dict[str, str] | None = None,
+    q_groups=None,
 ) -> dict:
     """``{"study": ..., "study_baseline_mean_vector": ..., "study_baseline_single_item": ...}``.
 
@@ -107,4 +109,94 @@ def study_metrics(
             "queries_scored": int(cm.precision.scored.sum()),
             "counts": counts,
         }
+        if q_groups is not None:
+            first = [q_groups[q_table.rows(int(s))[0]] for s in q_studies]
+            out[name]["per_group"] = _per_group(nb, q_vals, i_vals, first)
     return out
+
+
+def _per_group(nb, q_vals, i_vals, groups) -> dict:
+    """Study P@k micro and macro per group (e.g. source dataset) of the query studies."""
+    (q_codes, i_codes), _ = protocol.encode_labels(q_vals, i_vals)
+    groups = np.asarray(groups, dtype=object)
+    out = {}
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        if not (i_codes >= 0).any() or not np.isin(q_codes[m], i_codes).any():
+            continue
+        p = protocol.modified_precision(nb[m], q_codes[m], i_codes)
+        ks = range(1, len(p.micro) + 1)
+        out[str(g)] = {
+            "studies": int(p.scored.sum()),
+            "micro": {str(k): float(p.micro[k - 1]) for k in ks},
+            "macro": {str(k): float(p.macro[k - 1]) for k in ks},
+        }
+    return out
+
+
+def study_step(opts, data, metrics: dict, index) -> None:
+    """The evaluation step for ``--study-column``: study metrics into ``metrics``.
+
+    Studies are named by ``opts.study_column`` (rows where it is empty are their own
+    study); labels come from the first label column; vectors are compared in the
+    scratch index's search space (its recipe's query and database sides).
+    """
+    col = opts.study_column
+    if col not in data.refs[0].metadata:
+        have = ", ".join(sorted(data.refs[0].metadata))
+        raise RadsearchError(f"{opts.csv}: --study-column {col}: no such column (columns: {have})")
+    label = opts.label_columns[0]
+    q_lab, i_lab = data.column(label)
+    q_ids = [r.metadata.get(col) or r.id for r in data.query_refs]
+    i_ids = [r.metadata.get(col) or r.id for r in data.index_refs]
+    q_vecs, db = search_space(index, data.qvecs)
+    groups = None
+    if opts.group_column in data.refs[0].metadata:
+        groups = [r.metadata.get(opts.group_column, "") for r in data.query_refs]
+    found = study_metrics(
+        q_ids, q_lab, q_vecs, i_ids, i_lab, db, max_k=min(10, len(set(i_ids))), q_groups=groups
+    )
+    for name, section in found.items():
+        section.update({"study_column": col, "label_column": label})
+        metrics[name] = section
+    c = found["study"]["counts"]
+    if c["mixed_label_query_studies"] or c["mixed_label_index_studies"]:
+        from radsearch.evaluate.runner import _warn
+
+        _warn(
+            f"--study-column {col}: {c['mixed_label_query_studies']} query and "
+            f"{c['mixed_label_index_studies']} index studies mix {label!r} values; they are left "
+            "out of the study metrics and counted under study.counts"
+        )
+
+
+def report_rows(metrics: dict) -> tuple[str, list[str], list[list]]:
+    """(note, header, rows) of the report's study section."""
+    c = metrics["study"]["counts"]
+    note = (
+        f"<p>Studies from column <code>{metrics['study']['study_column']}</code>: "
+        f"{c['query_studies']} query and {c['index_studies']} index studies; left out as "
+        f"mixed-label: {c['mixed_label_query_studies']} query, "
+        f"{c['mixed_label_index_studies']} index. Modified P@k over study labels.</p>"
+    )
+    header = ["method", "aggregation", "average", "P@1", "P@3", "P@5", "P@10"]
+    rows = []
+    for name in ("study", *BASELINES):
+        p = metrics[name]["precision_at_k"]
+        for avg in ("micro", "macro"):
+            vals = [p[avg].get(str(k)) for k in (1, 3, 5, 10)]
+            rows.append([name, metrics[name]["aggregation"], avg] + [_fmt(v) for v in vals])
+    return note, header, rows
+
+
+def _fmt(v):
+    return "" if v is None else f"{v:.4f}"
+
+
+def print_summary(metrics: dict) -> None:
+    """The study lines of ``radsearch evaluate``'s printed table."""
+    for name in ("study", *BASELINES):
+        p = metrics[name]["precision_at_k"]
+        for avg in ("micro", "macro"):
+            vals = [p[avg].get(k) for k in ("1", "3", "5", "10")]
+            print(f"{name[:14]:<14} {avg:<6} " + " ".join((_fmt(v) or "-").rjust(7) for v in vals))
