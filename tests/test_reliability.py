@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import radsearch
 from io_fixtures import bad_corpus, write_dicom, write_nifti
 from radsearch.cli import main
 from radsearch.index import Index
 
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+# Child processes import the same radsearch as this one.
+ENV = {**os.environ, "PYTHONPATH": str(Path(radsearch.__file__).resolve().parents[1])}
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:

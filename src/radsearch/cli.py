@@ -132,7 +132,7 @@ def cmd_search(args) -> int:
 
     index = Index.open(args.index)
     index.check_model(args.model)
-    if (args.nprobe or args.ef_search) and hasattr(index.store, "set_search_params"):
+    if args.nprobe or args.ef_search:
         index.store.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
     if args.study or args.study_id or args.group_by == "study":
         from radsearch.studies.cli import study_search

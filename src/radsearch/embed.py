@@ -3,10 +3,12 @@
 Decoding, resizing and batch stacking run in worker processes (a torch DataLoader)
 overlapping with inference in this process (``inference_mode``; threads fitted to the
 idle cores; the ``auto`` runtime of ``radsearch.encoders.accel``: ONNX Runtime for the
-offline CNNs when it is faithful and faster, channels-last torch otherwise). Results are flushed to ``work_dir`` in shards written atomically
-(temp file + ``os.replace``); a re-run skips ids already in a shard and ends with the
-same vectors in the same order. Unreadable files are recorded in ``failures.jsonl``
-with their reason and the run goes on.
+offline CNNs when it is faithful and faster, channels-last torch otherwise); workers
+exit when this process dies, even by kill -9. Results are flushed to ``work_dir`` in
+shards written atomically (temp file + ``os.replace``) every ``shard_size`` items or
+``CHECKPOINT_SECONDS``; a re-run skips ids already in a shard and ends with the same
+vectors in the same order. Unreadable files are recorded in ``failures.jsonl`` with
+their reason and the run goes on.
 """
 
 from __future__ import annotations
@@ -200,6 +202,37 @@ class _Collate:
         return collate_decoded(self.collate, batch)
 
 
+class _DieWithParent:
+    """DataLoader worker init: the worker exits when the parent process dies.
+
+    A worker stuck in a long decode never reaches torch's own between-items check, so a
+    kill -9 of the parent would leave it running. On Linux the kernel sends SIGKILL on
+    the parent's death (``PR_SET_PDEATHSIG``); elsewhere, and for a parent that died
+    before that was set, a daemon thread polls the parent PID.
+    """
+
+    def __init__(self, parent: int):
+        self.parent = parent
+
+    def __call__(self, _worker_id: int) -> None:
+        import signal
+        import threading
+
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PDEATHSIG
+            except (OSError, AttributeError):
+                pass
+        threading.Thread(target=self._watch, daemon=True, name="parent-watch").start()
+
+    def _watch(self) -> None:
+        while os.getppid() == self.parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+
 def embed_refs(
     refs: Sequence[ItemRef],
     encoder: Encoder,
@@ -236,6 +269,7 @@ def embed_refs(
                 collate_fn=_Collate(encoder),
                 prefetch_factor=4 if workers else None,
                 persistent_workers=False,
+                worker_init_fn=_DieWithParent(os.getpid()),
             )
             for idx, x, errors in loader:
                 for i, err in errors:

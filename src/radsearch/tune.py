@@ -7,13 +7,14 @@ itself never sees a label) and scores the validation queries exactly as
 :func:`radsearch.search.knn_rows` on a scratch index, the protocol's modified
 precision), so the figure ``tune`` reports is the figure ``evaluate`` gives for that
 recipe. The search is greedy over the steps (whiten, cluster, dba, qe, rerank, in
-that order): each step keeps the best of its options or stays off. Labels are read
+that order): each step keeps the best option the objective accepts, or stays off
+(:mod:`radsearch.selection`: by default a step must lift P@1 micro + P@1 macro + P@10
+micro with bootstrap confidence and lower none of them beyond its noise). Labels are read
 only to score the trials. The ``radsearch tune`` verb is :mod:`radsearch.tune_cli`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -81,11 +82,6 @@ def score_recipe(
     return m
 
 
-def _objective(m: dict) -> tuple:
-    """P@1 macro, then P@10 micro (P@1 micro on an index of fewer than 10 rows)."""
-    return (round(m["p@1_macro"], 6), round(m.get("p@10_micro", m["p@1_micro"]), 6))
-
-
 def tune_recipe(
     index_vectors: np.ndarray,
     index_labels,
@@ -95,51 +91,35 @@ def tune_recipe(
     *,
     flip_val_vectors: np.ndarray | None = None,
     log=None,
+    objective="robust",
+    groups=None,
 ) -> tuple[Recipe | None, dict, list[dict]]:
-    """Greedy search over :data:`GRIDS`; returns ``(best recipe, its metrics, trials)``.
+    """Greedy search over :data:`GRIDS` under ``objective`` (a name of
+    :data:`radsearch.selection.OBJECTIVES` or an objective); returns ``(best recipe,
+    its metrics, trials)``. Each trial records whether the objective accepted it, its
+    bootstrap confidence and whether it was kept.
 
-    ``flip_val_vectors`` (the validation queries' mirrored-image embeddings, optional)
-    lets the search try flip TTA too.
+    ``groups`` (one value per validation query, e.g. the patient) makes the robust
+    objective resample whole groups. ``flip_val_vectors`` (the validation queries'
+    mirrored-image embeddings, optional) lets the search try flip TTA too.
     """
-    from radsearch.evaluate.analyses import scratch_index
+    from radsearch.selection import RecipeTrials, get_objective, greedy_search
 
     options = GRIDS[grid] if isinstance(grid, str) else grid
-    index = scratch_index(index_vectors)
-    trials: list[dict] = []
-
-    def run(steps: dict, queries) -> dict:
-        m = score_recipe(index, Recipe(steps) if steps else None, queries, val_labels, index_labels)
-        trials.append({"steps": json.loads(json.dumps(steps)), **_summary(m)})
-        if log:
-            _, p10 = _objective(m)
-            log(
-                f"  {Recipe(steps).describe():<70} P@1 macro {m['p@1_macro']:.4f}  P@10 micro {p10:.4f}"
-            )
-        return m
-
-    best_steps: dict = {}
-    queries = val_vectors
-    best = run({}, queries)
+    obj = get_objective(objective) if isinstance(objective, str) else objective
+    plain = RecipeTrials(index_vectors, index_labels, val_vectors, val_labels, groups)
+    score = plain
     if flip_val_vectors is not None:
-        fq = _flip_mix(val_vectors, flip_val_vectors)
-        m = run({"flip": {}}, fq)
-        if _objective(m) > _objective(best):
-            best, best_steps, queries = m, {"flip": {}}, fq
-    for step, choices in options.items():
-        for opt in choices:
-            if opt is None:
-                continue
-            steps = {**best_steps, step: opt}
-            m = run(steps, queries)
-            if _objective(m) > _objective(best):
-                best, best_steps = m, steps
+        mixed = _flip_mix(val_vectors, flip_val_vectors)
+        flipped = plain.queries(mixed, val_labels, groups)
+
+        def score(steps):
+            return (flipped if "flip" in steps else plain)(steps)
+
+        options = {"flip": [None, {}], **options}
+    steps, best, _, trials = greedy_search(score, options, obj, log=log)
     # steps apply in the recipe's fixed order regardless of the search order
-    return (Recipe(best_steps) if best_steps else None), best, trials
-
-
-def _summary(m: dict) -> dict:
-    """A trial's figures without the per-label table."""
-    return {k: v for k, v in m.items() if k != "per_label_p@1"}
+    return (Recipe(steps) if steps else None), best.summary(), trials
 
 
 def _flip_mix(v: np.ndarray, vf: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 
 from radsearch.errors import RadsearchError
+from radsearch.recipe import Recipe
+from radsearch.selection import DEFAULT_OBJECTIVE, OBJECTIVES
 from radsearch.source_args import add_source_args, refs_from_args
 from radsearch.tune import GRIDS, tune_recipe
 
@@ -73,9 +75,48 @@ def cmd_tune(args) -> int:
         f"{args.index_split} rows ({model}, grid {args.grid}); the test split is not read",
         file=sys.stderr,
     )
+    groups = _groups(val_refs, args.group_column)
+    print(_objective_line(args.objective, len(val_refs), groups), file=sys.stderr)
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr))
-    recipe, best, trials = tune_recipe(xi, li, xv, lv, args.grid, log=log)
-    plain = trials[0]
+    if args.lodo_column:
+        from radsearch.lodo import format_table, lodo_recipe
+
+        vi = [str(r.metadata.get(args.lodo_column, "")) for r in idx_refs]
+        vv = [str(r.metadata.get(args.lodo_column, "")) for r in val_refs]
+        if len(set(vv) - {""}) < 2:
+            raise RadsearchError(
+                f"{args.source}: --lodo-column needs a {args.lodo_column!r} column with at "
+                f"least two values among the {args.val_split} rows"
+            )
+        choice, folds, whole = lodo_recipe(
+            xi,
+            li,
+            vi,
+            xv,
+            lv,
+            vv,
+            groups,
+            grid=args.grid,
+            objective=args.objective,
+            encoder=model,
+        )
+        print(f"leaving each {args.lodo_column} out ({args.val_split} figures):", file=sys.stderr)
+        print(format_table(folds, baseline="no recipe"), file=sys.stderr)
+        recipe = Recipe(choice.steps) if choice.steps else None
+        best, plain = whole["chosen"], whole["plain"]
+        trials = [
+            {"held_out": f.held_out, "steps": f.choice.steps, "plain": f.plain, "chosen": f.chosen}
+            for f in folds
+        ]
+    else:
+        recipe, best, trials = tune_recipe(
+            xi, li, xv, lv, args.grid, log=log, objective=args.objective, groups=groups
+        )
+        plain = trials[0]
+        for t in trials[1:]:
+            if t.get("kept") and t.get("confidence") is not None:
+                desc = Recipe(t["steps"]).describe()
+                print(f"kept {desc} (confidence {t['confidence']:.2f})", file=sys.stderr)
     out = {
         **(recipe.settings() if recipe else {"version": 1, "steps": {}}),
         "chosen_on": {
@@ -86,8 +127,9 @@ def cmd_tune(args) -> int:
             "model": model,
             "queries": len(val_refs),
             "index_rows": len(idx_refs),
-            "objective": "p@1_macro, then p@10_micro",
+            "objective": args.objective,
             "grid": args.grid,
+            "lodo_column": args.lodo_column,
         },
         "val_metrics": {k: v for k, v in best.items() if k != "per_label_p@1"},
         "val_metrics_plain": {k: v for k, v in plain.items() if k != "steps"},
@@ -106,6 +148,20 @@ def cmd_tune(args) -> int:
         f"wrote {args.out}"
     )
     return 0
+
+
+def _groups(refs, column: str | None):
+    """Bootstrap units of the tuning queries: ``column`` (e.g. the patient) where set,
+    otherwise each query alone."""
+    if not column:
+        return None
+    vals = [str(r.metadata.get(column) or "") for r in refs]
+    return [v or f"query-{i}" for i, v in enumerate(vals)] if any(vals) else None
+
+
+def _objective_line(name: str, queries: int, groups) -> str:
+    units = f"{len(set(groups))} groups" if groups else "each query alone"
+    return f"objective {name}: {queries} tuning queries (bootstrap resamples {units})"
 
 
 def _apply(args, recipe) -> None:
@@ -145,6 +201,25 @@ def register(subparsers) -> None:
         help="embedding cache, shared with evaluate (default ~/.cache/radsearch/evaluate)",
     )
     p.add_argument("--grid", choices=sorted(GRIDS), default="default")
+    p.add_argument(
+        "--objective",
+        choices=sorted(OBJECTIVES),
+        default=DEFAULT_OBJECTIVE,
+        help="robust (default): keep a step only if it lowers no P@1 micro/macro or P@10 "
+        "micro beyond the bootstrap noise; p1-macro: the older P@1-macro objective",
+    )
+    p.add_argument(
+        "--group-column",
+        default="group_id",
+        help="metadata column whose groups the bootstrap resamples whole (default group_id)",
+    )
+    p.add_argument(
+        "--lodo-column",
+        metavar="COLUMN",
+        help="leave-one-out over this column's values (e.g. dataset): choose the recipe "
+        "without each value, score that value's val queries; write the recipe most "
+        "values chose",
+    )
     p.add_argument("--out", default="recipe.json", help="where to write the best recipe")
     p.add_argument(
         "--apply",

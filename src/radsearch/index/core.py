@@ -139,7 +139,12 @@ class Index:
             raise IndexFormatError(f"{path}: no such index directory")
         for _ in range(100):
             stamp = settle(path)
-            parts = cls._read_parts(path, mmap)
+            try:
+                parts = cls._read_parts(path, mmap)
+            except IndexFormatError:
+                if unchanged(path, stamp):
+                    raise  # damaged, not merely caught mid-commit
+                continue
             if unchanged(path, stamp):
                 return cls(path, *parts)
         raise IndexFormatError(f"{path}: keeps changing while being read; try again")
