@@ -15,7 +15,13 @@ import numpy as np
 from radsearch.errors import RadsearchError
 from radsearch.regions import geometry
 from radsearch.regions.features import require
-from radsearch.regions.query import best_windows, query_grid, roi_vector, window_box
+from radsearch.regions.query import (
+    best_windows,
+    query_grid,
+    roi_extent,
+    roi_vector,
+    window_box,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -63,7 +69,8 @@ def similarity_maps(index, image: np.ndarray, hit_id: str, roi=None) -> dict:
         roi = geometry.check_box(roi, qw, qh, "roi")
         qr = roi_vector(store, qgrid, roi, qw, qh)
         hit_map = hn @ qr
-        score, shape_i, pos = best_windows(store, qr, np.asarray([row]))
+        limit = roi_extent(store, roi, (qw, qh))
+        score, shape_i, pos = best_windows(store, qr, np.asarray([row]), limit)
         box = window_box(store, row, int(shape_i[0]), int(pos[0]))
         a, b = box_cells(store, row, box)
         win = _unit(hgrid[a[0] : a[1], b[0] : b[1]].reshape(-1, hgrid.shape[-1]).sum(axis=0))

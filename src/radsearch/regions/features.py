@@ -117,7 +117,9 @@ class RegionStore:
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: damaged region features ({exc})") from None
         if len(codes) != count or len(sizes) != count:
-            raise IndexFormatError(f"{path}: region features hold {len(codes)} items, expected {count}")
+            raise IndexFormatError(
+                f"{path}: region features hold {len(codes)} items, expected {count}"
+            )
         codec = Codec(st["mean"], st["components"], st.get("lo"), st.get("scale"), spec["codec"])
         return cls(spec, codec, codes, sizes)
 

@@ -60,8 +60,11 @@ def window_norms(store) -> dict:
     return cache["norms"]
 
 
-def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None):
-    """Best window per item: ``(score N, shape index N, position N)``."""
+def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=None):
+    """Best window per item: ``(score N, shape index N, position N)``.
+
+    ``limit`` ``(rows, cols)``: only windows no larger than this (the ROI's extent in
+    cells, with ``spec["fit_roi"]``: keeps the match box near the finding's size)."""
     gh, gw = store.grid
     cells = store.cells()
     dots = (cells @ qr) if rows is None else (cells[rows] @ qr)
@@ -71,6 +74,8 @@ def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None):
     shape_i = np.zeros(len(dots), np.int64)
     pos = np.zeros(len(dots), np.int64)
     for si, (a, b) in enumerate(window_shapes(store)):
+        if limit is not None and (a > limit[0] or b > limit[1]):
+            continue
         n = norms[(a, b)] if rows is None else norms[(a, b)][rows]
         s = _box_sums(dots, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
         j = s.argmax(axis=1)
@@ -114,6 +119,17 @@ def roi_vector(store, qgrid: np.ndarray, roi, width: int, height: int) -> np.nda
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
+def roi_extent(store, roi, size) -> tuple[int, int] | None:
+    """Largest window (rows, cols) for this ROI when ``spec["fit_roi"]``, else None."""
+    spec = store.spec
+    if not spec.get("fit_roi"):
+        return None
+    c0, r0, c1, r1 = geometry.image_to_cells(
+        roi, *size, spec["input_size"], spec["resize"], store.grid
+    )
+    return max(1, int(np.ceil(r1 - r0 - 0.25))), max(1, int(np.ceil(c1 - c0 - 0.25)))
+
+
 def load_query_images(queries) -> tuple[list[str], list[np.ndarray]]:
     if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
         raise RadsearchError("a region query needs the query image, not a vector")
@@ -135,7 +151,7 @@ def rank_region(index, store, qgrid, roi, size, qvec, rows_allowed, global_weigh
 
     ``qgrid``: the query's projected grid; ``size``: its image's (width, height)."""
     qr = roi_vector(store, qgrid, roi, *size)
-    score, shape_i, pos = best_windows(store, qr, rows_allowed)
+    score, shape_i, pos = best_windows(store, qr, rows_allowed, roi_extent(store, roi, size))
     rows = np.arange(index.count) if rows_allowed is None else rows_allowed
     if global_weight:
         emb = index.embeddings if rows_allowed is None else index.embeddings[rows]
@@ -185,7 +201,9 @@ def search_regions(
             continue
         size = (im.shape[1], im.shape[0])
         qgrid = query_grid(index, store, im)
-        scores, rows, shape_i, pos = rank_region(index, store, qgrid, roi, size, qv, rows_allowed, gw)
+        scores, rows, shape_i, pos = rank_region(
+            index, store, qgrid, roi, size, qv, rows_allowed, gw
+        )
         fetch = min(len(rows), 10 * k if has_patient else k)
         while True:
             hits = _collect(index, scores[:fetch], rows[:fetch], k, has_patient)
