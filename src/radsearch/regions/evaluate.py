@@ -21,7 +21,7 @@ from radsearch.errors import RadsearchError
 from radsearch.evaluate import protocol
 from radsearch.regions.explain import peak
 from radsearch.regions.feedback import rocchio
-from radsearch.regions.query import rank_region, window_box
+from radsearch.regions.query import cell_similarity, rank_region, roi_vector, window_box
 
 ROI_COLUMNS = ("filepath", "x0", "y0", "x1", "y1", "label", "split")
 KS = (1, 3, 5, 10)
@@ -73,9 +73,10 @@ def region_runs(index, store, queries, k: int, global_weight: float):
             index, store, qgrid, roi, size, qvec, None, global_weight
         )
         rows_out.append(rows[:k])
+        qr = roi_vector(store, qgrid, roi, *size)
         boxes_out.append(
             [
-                window_box(store, int(r), int(s), int(p))
+                window_box(store, int(r), int(s), int(p), qr)
                 for r, s, p in zip(rows[:k], shape_i[:k], pos[:k], strict=True)
             ]
         )
@@ -99,9 +100,6 @@ def localisation(rows, boxes, qcodes, icodes, table_boxes, ks=(1, 5, 10)) -> dic
 
 def pointing_game(store, queries, rows, qcodes, icodes, table_boxes, top: int = 5) -> float | None:
     """Hit-side heat-map peak (cosine of hit cells with the ROI vector) inside a box."""
-    from radsearch.regions.query import roi_vector
-
-    gh, gw = store.grid
     good = total = 0
     for q, (qgrid, roi, size, _) in enumerate(queries):
         qr = roi_vector(store, qgrid, roi, *size)
@@ -109,10 +107,8 @@ def pointing_game(store, queries, rows, qcodes, icodes, table_boxes, top: int = 
             r = int(r)
             if icodes[r] != qcodes[q] or r not in table_boxes:
                 continue
-            cells = store.cells([r])[0]
-            sim = (cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)) @ qr
             w, h = (int(v) for v in store.sizes[r])
-            x, y = peak(store, sim.reshape(gh, gw), w, h)
+            x, y = peak(store, cell_similarity(store, r, qr), w, h)
             total += 1
             good += _inside(x, y, table_boxes[r])
     return round(good / total, 4) if total else None

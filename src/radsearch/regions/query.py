@@ -85,19 +85,48 @@ def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=No
     return best, shape_i, pos
 
 
-def window_box(store, row: int, shape_i: int, pos: int) -> list[int]:
-    """The window's box in the stored item's pixels."""
+def _vertex(left: float, mid: float, right: float) -> float:
+    """Offset (-0.5..0.5) of the top of the parabola through three samples."""
+    den = left - 2 * mid + right
+    return 0.0 if den >= 0 else float(np.clip(0.5 * (left - right) / den, -0.5, 0.5))
+
+
+def refined_peak(sim: np.ndarray, window=None) -> tuple[float, float]:
+    """Sub-cell peak ``(row, col)`` in cell units (cell centres at +0.5) of an ``H x W``
+    map, restricted to ``window`` ``(r0, c0, rows, cols)``: parabolic fit around the
+    best cell, so the point is finer than the grid."""
+    gh, gw = sim.shape
+    r0, c0, a, b = window or (0, 0, gh, gw)
+    i, j = np.unravel_index(int(np.argmax(sim[r0 : r0 + a, c0 : c0 + b])), (a, b))
+    r, c = r0 + i, c0 + j
+    dy = _vertex(sim[r - 1, c], sim[r, c], sim[r + 1, c]) if 0 < r < gh - 1 else 0.0
+    dx = _vertex(sim[r, c - 1], sim[r, c], sim[r, c + 1]) if 0 < c < gw - 1 else 0.0
+    return r + 0.5 + dy, c + 0.5 + dx
+
+
+def cell_similarity(store, row: int, qr: np.ndarray) -> np.ndarray:
+    """``H x W`` cosine of item ``row``'s cells with the ROI vector."""
+    cells = store.cells([row])[0]
+    sim = (cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)) @ qr
+    return sim.reshape(store.grid)
+
+
+def window_box(store, row: int, shape_i: int, pos: int, qr: np.ndarray | None = None) -> list[int]:
+    """The window's box in the stored item's pixels; with ``qr``, the same-sized box
+    centred on the sub-cell similarity peak inside the window (the ``match_box``)."""
     gh, gw = store.grid
     a, b = window_shapes(store)[shape_i]
     r0, c0 = divmod(int(pos), gw - b + 1)
     width, height = (int(v) for v in store.sizes[row])
+    cbox = (c0, r0, c0 + b, r0 + a)
+    if qr is not None:
+        cy, cx = refined_peak(cell_similarity(store, row, qr), (r0, c0, a, b))
+        x0 = float(np.clip(cx - b / 2, 0, gw - b))
+        y0 = float(np.clip(cy - a / 2, 0, gh - a))
+        cbox = (x0, y0, x0 + b, y0 + a)
+    spec = store.spec
     return geometry.cells_to_image(
-        (c0, r0, c0 + b, r0 + a),
-        width,
-        height,
-        store.spec["input_size"],
-        store.spec["resize"],
-        store.grid,
+        cbox, width, height, spec["input_size"], spec["resize"], store.grid
     )
 
 
@@ -201,6 +230,7 @@ def search_regions(
             continue
         size = (im.shape[1], im.shape[0])
         qgrid = query_grid(index, store, im)
+        qr = roi_vector(store, qgrid, roi, *size)
         scores, rows, shape_i, pos = rank_region(
             index, store, qgrid, roi, size, qv, rows_allowed, gw
         )
@@ -213,7 +243,7 @@ def search_regions(
         at = {int(r): i for i, r in enumerate(rows[:fetch])}
         for h in hits:
             i = at[index.row_of(h.id)]
-            h.match_box = window_box(store, int(rows[i]), int(shape_i[i]), int(pos[i]))
+            h.match_box = window_box(store, int(rows[i]), int(shape_i[i]), int(pos[i]), qr)
         results.append(QueryResult(name, hits))
     if suggest:
         column = suggest if suggest in index.items.column_names else None
