@@ -33,11 +33,14 @@ def window_shapes(store) -> list[tuple[int, int]]:
     return [(a, b) for a in sizes for b in sizes if a <= gh and b <= gw]
 
 
-def _box_sums(x: np.ndarray, a: int, b: int) -> np.ndarray:
-    """``N x H x W (x D)`` -> sums over every ``a x b`` window, ``N x (H-a+1) x (W-b+1) (x D)``."""
+def _integral(x: np.ndarray) -> np.ndarray:
+    """Summed-area table of ``N x H x W (x D)``, zero-padded: ``N x (H+1) x (W+1) (x D)``."""
     c = np.cumsum(np.cumsum(x, axis=1), axis=2)
-    pad = [(0, 0), (1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 3)
-    c = np.pad(c, pad)
+    return np.pad(c, [(0, 0), (1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 3))
+
+
+def _window_sums(c: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Sums over every ``a x b`` window from a summed-area table."""
     return c[:, a:, b:] - c[:, :-a, b:] - c[:, a:, :-b] + c[:, :-a, :-b]
 
 
@@ -50,9 +53,10 @@ def window_norms(store) -> dict:
         norms = {s: [] for s in window_shapes(store)}
         for i in range(0, len(cells), 512):
             g = cells[i : i + 512].reshape(-1, gh, gw, cells.shape[-1])
+            tab = _integral(g)
             for a, b in norms:
                 norms[(a, b)].append(
-                    np.linalg.norm(_box_sums(g, a, b), axis=-1).reshape(len(g), -1)
+                    np.linalg.norm(_window_sums(tab, a, b), axis=-1).reshape(len(g), -1)
                 )
         cache["norms"] = {
             s: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for s, v in norms.items()
@@ -69,6 +73,7 @@ def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=No
     cells = store.cells()
     dots = (cells @ qr) if rows is None else (cells[rows] @ qr)
     dots = dots.reshape(-1, gh, gw)
+    table = _integral(dots)
     norms = window_norms(store)
     best = np.full(len(dots), -np.inf, np.float32)
     shape_i = np.zeros(len(dots), np.int64)
@@ -77,7 +82,7 @@ def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=No
         if limit is not None and (a > limit[0] or b > limit[1]):
             continue
         n = norms[(a, b)] if rows is None else norms[(a, b)][rows]
-        s = _box_sums(dots, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
+        s = _window_sums(table, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
         j = s.argmax(axis=1)
         v = s[np.arange(len(s)), j]
         better = v > best
