@@ -29,27 +29,36 @@ TRAIN_SIZE = 6859
 PAPER_SIZE = 1_600_000
 
 
-def make_store(n: int, dim: int, codec: str, grids: np.ndarray | None, rng) -> RegionStore:
+# (name, layer, grid shape, PCA dim, codec): the default, and two head-map settings
+SETTINGS = [
+    ("default", "b10", (14, 14, 112), 64, "sq8"),
+    ("head fp16", "head", (7, 7, 1280), 128, "fp16"),
+    ("compressed", "head", (7, 7, 1280), 48, "sq8"),
+]
+
+
+def make_store(n: int, setting, grids: np.ndarray | None, rng) -> RegionStore:
+    _, layer, shape, dim, codec = setting
     spec = {
-        "layer": "head",
+        "layer": layer,
         "dim": dim,
         "codec": codec,
         "input_size": 224,
         "resize": "squash",
-        "grid": [7, 7],
-        "channels": 1280,
+        "grid": list(shape[:2]),
+        "channels": shape[2],
+        "windows": [1, 2, 3, 4, 6] if shape[0] > 7 else [1, 2, 3],
+        "fit_roi": True,
     }
-    sample = grids if grids is not None else rng.standard_normal((256, 7, 7, 1280), np.float32)
+
+    def batch(i, m):
+        if grids is not None:
+            return np.asarray(grids[i : i + m], np.float32)
+        return rng.standard_normal((m, *shape), np.float32)
+
     store = RegionStore(spec, None, np.zeros((0,)), np.zeros((0, 2), np.int32))
-    store.fit(sample.astype(np.float32))
-    codes = []
-    for i in range(0, n, 512):
-        b = (
-            grids[i : i + 512]
-            if grids is not None
-            else rng.standard_normal((min(512, n - i), 7, 7, 1280), np.float32)
-        )
-        codes.append(store.encode(np.asarray(b, np.float32)))
+    store.fit(batch(0, 256))
+    codes = [store.encode(batch(i, min(512, n - i))) for i in range(0, n, 512)]
     store.append_codes(np.concatenate(codes)[:n], np.full((n, 2), 256, np.int32))
     return store
 
@@ -71,7 +80,7 @@ def latency(store: RegionStore, emb: np.ndarray, reps: int, rng) -> tuple[dict, 
         q = rng.standard_normal(store.codec.dim).astype(np.float32)
         q /= np.linalg.norm(q)
         t = time.perf_counter()
-        score, _, _ = best_windows(store, q)
+        score, _, _ = best_windows(store, q, None, (2, 2) if store.grid[0] > 7 else None)
         np.argpartition(-score, 10)[:10]
         times.append(time.perf_counter() - t)
     flat = faiss.IndexFlatIP(emb.shape[1])
@@ -122,26 +131,26 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     rng = np.random.default_rng(0)
-    grids = emb = None
-    if args.grids:
-        heads, globs = [], []
-        for f in sorted(args.grids.glob("chunk-*.npz"))[: TRAIN_SIZE // 256 + 1]:
-            with np.load(f) as z:
-                heads.append(z["head"])
-                globs.append(z["glob"])
-        grids, emb = np.concatenate(heads)[:TRAIN_SIZE], np.concatenate(globs)[:TRAIN_SIZE]
-    n = TRAIN_SIZE if grids is None else len(grids)
-    if emb is None:
-        emb = rng.standard_normal((n, 1280)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    for dim, codec in ((128, "fp16"), (48, "sq8")):
-        store = make_store(n, dim, codec, grids, rng)
-        region, whole = latency(store, np.ascontiguousarray(emb, np.float32), args.reps, rng)
+    emb = rng.standard_normal((TRAIN_SIZE, 1280)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    for setting in SETTINGS:
+        grids = None
+        if args.grids:
+            grids = np.concatenate(
+                [
+                    np.load(f)[setting[1]]
+                    for f in sorted(args.grids.glob("chunk-*.npz"))[: TRAIN_SIZE // 256 + 1]
+                ]
+            )[:TRAIN_SIZE]
+        store = make_store(TRAIN_SIZE, setting, grids, rng)
+        region, whole = latency(store, emb, args.reps, rng)
+        b = store.nbytes_per_item()
         print(
-            f"regions {codec} PCA {dim}: {store.nbytes_per_item()} bytes/item "
-            f"({store.nbytes_per_item() / 1024:.2f} KiB; target <= 16 KiB default, ~2.5 KB compressed); "
-            f"region query vector part on {n} items: {region} "
-            f"vs whole-image flat search {whole} ({'RadBench Lite0 grids' if args.grids else 'random codes'})"
+            f"regions {setting[0]} ({setting[1]} {store.grid[0]}x{store.grid[1]}, PCA {setting[3]}, {setting[4]}): "
+            f"{b} bytes/item ({b / 1024:.2f} KiB; budget 16 KiB); region query vector part on "
+            f"{TRAIN_SIZE} items: {region} vs whole-image flat search {whole} "
+            f"({'RadBench Lite0 grids' if args.grids else 'random codes'})",
+            flush=True,
         )
     if not args.no_paper_scale:
         with tempfile.TemporaryDirectory() as tmp:

@@ -110,6 +110,7 @@ def main() -> int:
     ap.add_argument("--layers", default="head,b14,b10")
     ap.add_argument("--weights", default="0,0.2,0.3,0.5")
     ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--codec", default="fp16", choices=["fp16", "sq8"])
     ap.add_argument("--dataset", help="index only this dataset's train rows (the issue's probe)")
     args = ap.parse_args()
     REFS = list(iter_source(RADBENCH / "radbench.csv"))
@@ -130,7 +131,7 @@ def main() -> int:
             )
             return 1
         windows = [1, 2, 3] if layer != "b10" else [1, 2, 3, 4, 6]
-        index = build(train, grids, layer, args.dim, "fp16", windows, tmp)
+        index = build(train, grids, layer, args.dim, args.codec, windows, tmp)
         (icodes,), vocab = encode_labels([r.metadata["label"] for r in train])
         for w, fit in itertools.product((float(x) for x in args.weights.split(",")), (False, True)):
             store_of(index).spec["fit_roi"] = fit
@@ -154,7 +155,7 @@ def main() -> int:
     print(f"chosen on val: layer {layer}, global weight {w}, fit_roi {fit}")
     grids = load_grids(args.grids, layer, need)
     windows = [1, 2, 3] if layer != "b10" else [1, 2, 3, 4, 6]
-    index = build(train, grids, layer, args.dim, "fp16", windows, tmp)
+    index = build(train, grids, layer, args.dim, args.codec, windows, tmp)
     store_of(index).spec["fit_roi"] = fit
     (icodes,), vocab = encode_labels([r.metadata["label"] for r in train])
     test = score(index, table, grids, "test", w, icodes, vocab, full=True)
