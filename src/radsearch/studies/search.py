@@ -311,7 +311,22 @@ def study_metadata(index, rows) -> dict:
         values = Counter(m[col] for m in metas if m.get(col) not in ("", None))
         if values:
             out[col] = values.most_common(1)[0][0]
-    return out
+    return pacs_links(out)
+
+
+def pacs_links(meta: dict) -> dict:
+    """A PACS study's links point at the study, not at one of its instances:
+    ``pacs_url`` becomes the DICOMweb study URL, ``viewer_url`` Orthanc's study page."""
+    url, study = meta.get("pacs_url", ""), meta.get("study_uid", "")
+    if url and study and f"/studies/{study}/" in url:
+        meta["pacs_url"] = url.split(f"/studies/{study}/")[0] + f"/studies/{study}"
+    viewer, patient = meta.get("viewer_url", ""), meta.get("patient_id", "")
+    if viewer and study and "/app/explorer.html#" in viewer:
+        from radsearch.io.dicomweb import orthanc_id
+
+        base = viewer.split("/app/explorer.html#")[0]
+        meta["viewer_url"] = f"{base}/app/explorer.html#study?uuid={orthanc_id(patient, study)}"
+    return meta
 
 
 def group_by_study(index, qvecs, k: int = 10, names=None, **options) -> list[QueryResult]:
