@@ -41,12 +41,22 @@ ROUTE_MODULES = [
     "radsearch.serve.routes_api",
     "radsearch.serve.routes_ui",
     "radsearch.serve.routes_docs",
+    "radsearch.serve.routes_studies",
 ]
 # Room for the multipart boundaries and small form fields around the file itself.
 MULTIPART_SLACK = 64 * 1024
 # Columns offered as filter drop-downs when they have at most this many values.
 FILTER_MAX_VALUES = 60
-_NOT_FILTERS = ("id", "source", "pacs_url", "viewer_url", "sop_uid", "series_uid", "study_uid")
+_NOT_FILTERS = (
+    "id",
+    "source",
+    "pacs_url",
+    "viewer_url",
+    "sop_uid",
+    "series_uid",
+    "study_uid",
+    "study_id",
+)
 
 
 def _filters(index, columns: list[str]) -> dict:
