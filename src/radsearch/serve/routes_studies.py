@@ -12,6 +12,7 @@ searched. The studies are those of ``radsearch search --study --json``
 from __future__ import annotations
 
 import io
+import threading
 import time
 import zipfile
 from typing import Annotated
@@ -25,6 +26,10 @@ from radsearch.serve.context import ServeContext
 # Most items one query study may bring (a longer volume is sampled evenly).
 MAX_STUDY_ITEMS = 256
 MAX_ZIP_MEMBERS = 4096
+# One study search at a time: a study is up to MAX_STUDY_ITEMS encoder inputs at once.
+# (Single-image queries go through the batcher's own thread; encoders and the store
+# may be called from two threads.)
+_STUDY_LOCK = threading.Lock()
 
 
 def router(ctx: ServeContext) -> APIRouter:
@@ -57,7 +62,7 @@ def router(ctx: ServeContext) -> APIRouter:
             why = f" ({skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
             raise HTTPException(422, f"the query study has no readable image{why}")
         t0 = time.perf_counter()
-        with ctx.search_lock:
+        with _STUDY_LOCK:
             result = search_study(
                 ctx.index,
                 images,
