@@ -2,11 +2,14 @@
 
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 [--clients 50] [--duration 20]
     python benchmarks/serve_load.py --index DIR        # starts (and stops) a server itself
+    python benchmarks/serve_load.py --index DIR --compare   # unbatched vs batched, 1/10/50 clients
 
 Each client (a thread with its own HTTP connection) posts query images to
 ``/api/search`` (or GETs ``--endpoint health|info|image``) back to back until the time
 is up. Prints requests/s, latency p50/p95/p99/max and the error count (any non-200
-answer or transport error). Query images: ``--image`` files, else a few RadBench test
+answer or transport error). ``--compare`` starts the server twice, one query at a time
+(``--batch-max 1``) and batched (the default), and prints both at 1, 10 and 50 clients
+with the server's resident memory. Query images: ``--image`` files, else a few RadBench test
 images from ../shared/radbench, else a synthetic pattern.
 """
 
@@ -53,10 +56,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: str, token: str | None, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    index: str, token: str | None, threads: int | None, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "radsearch.cli", "serve", index, "--port", str(port),
-           "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "radsearch.cli",
+        "serve",
+        index,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ)
@@ -81,15 +96,29 @@ def start_server(index: str, token: str | None, threads: int | None) -> tuple[su
     raise SystemExit("server did not become ready in 120 s")
 
 
-def run_load(url: str, clients: int, duration: float, images, *, k: int = 10,
-             endpoint: str = "search", token: str | None = None, warmup: float = 2.0) -> dict:
+def run_load(
+    url: str,
+    clients: int,
+    duration: float,
+    images,
+    *,
+    k: int = 10,
+    endpoint: str = "search",
+    token: str | None = None,
+    warmup: float = 2.0,
+) -> dict:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     image_id = None
     if endpoint == "image":
-        res = httpx.post(url + "/api/search", headers=headers, timeout=120,
-                         files={"file": images[0]}, data={"k": "1"}).json()
+        res = httpx.post(
+            url + "/api/search",
+            headers=headers,
+            timeout=120,
+            files={"file": images[0]},
+            data={"k": "1"},
+        ).json()
         image_id = res["hits"][0]["id"]
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -110,11 +139,15 @@ def run_load(url: str, clients: int, duration: float, images, *, k: int = 10,
                 t0 = time.perf_counter()
                 try:
                     if endpoint == "search":
-                        r = http.post("/api/search", files={"file": (name, data)}, data={"k": str(k)})
+                        r = http.post(
+                            "/api/search", files={"file": (name, data)}, data={"k": str(k)}
+                        )
                     elif endpoint == "image":
                         from urllib.parse import quote
 
-                        r = http.get(f"/api/items/{quote(image_id, safe='')}/image", params={"size": 256})
+                        r = http.get(
+                            f"/api/items/{quote(image_id, safe='')}/image", params={"size": 256}
+                        )
                     else:
                         r = http.get(f"/api/{endpoint}")
                     ok = r.status_code == 200
@@ -143,16 +176,83 @@ def run_load(url: str, clients: int, duration: float, images, *, k: int = 10,
     elapsed = t_stop - window["measure"]  # includes draining requests in flight at the end
     pct = (lambda q: round(float(np.percentile(lat, q)), 1)) if lat.size else (lambda q: None)
     return {
-        "url": url, "endpoint": endpoint, "clients": clients, "duration_s": round(elapsed, 1),
-        "requests": int(lat.size), "requests_per_s": round(lat.size / elapsed, 2),
-        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "url": url,
+        "endpoint": endpoint,
+        "clients": clients,
+        "duration_s": round(elapsed, 1),
+        "requests": int(lat.size),
+        "requests_per_s": round(lat.size / elapsed, 2),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
         "max_ms": round(float(lat.max()), 1) if lat.size else None,
-        "errors": len(errs), "error_examples": sorted(set(errs))[:5],
+        "errors": len(errs),
+        "error_examples": sorted(set(errs))[:5],
     }
 
 
+def _rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of ``pid`` in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def compare(args, images) -> int:
+    """Unbatched vs batched server at 1, 10 and 50 clients, printed as one table.
+
+    Both servers run for the whole comparison and the runs alternate (unbatched, then
+    batched, at each client count), so drifting load on a shared machine hits both.
+    """
+    modes = {"unbatched": ("--batch-max", "1"), "batched": ()}
+    servers = {
+        m: start_server(args.index, args.token, args.server_threads, extra)
+        for m, extra in modes.items()
+    }
+    rows = []
+    try:
+        for clients in args.compare_clients:
+            for mode, (proc, url) in servers.items():
+                r = run_load(
+                    url,
+                    clients,
+                    args.duration,
+                    images,
+                    k=args.k,
+                    token=args.token,
+                    warmup=args.warmup,
+                )
+                rss, peak = _rss_mb(proc.pid)
+                rows.append((mode, clients, r, rss, peak))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=20)
+    print(f"/api/search, {len(images)} query image(s), k={args.k}, {args.duration:g} s per run")
+    print(
+        f"{'server':<10} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'errors':>6} {'RSS MB':>7} {'peak MB':>8}"
+    )
+    for mode, clients, r, rss, peak in rows:
+        print(
+            f"{mode:<10} {clients:>7} {r['requests_per_s']:>7} {r['p50_ms']:>8} "
+            f"{r['p95_ms']:>8} {r['errors']:>6} {rss:>7.0f} {peak:>8.0f}"
+        )
+    base = {c: r for m, c, r, _, _ in rows if m == "unbatched"}
+    for mode, clients, r, _, _ in rows:
+        if mode == "batched" and base[clients]["requests_per_s"]:
+            gain = r["requests_per_s"] / base[clients]["requests_per_s"]
+            print(f"  {clients} client(s): batched / unbatched throughput {gain:.2f}x")
+    return 0 if all(r["errors"] == 0 for _, _, r, _, _ in rows) else 1
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
     where.add_argument("--index", help="start 'radsearch serve INDEX' on a free port for the run")
@@ -163,19 +263,43 @@ def main(argv=None) -> int:
     ap.add_argument("--image", action="append", default=[], help="query image file (repeatable)")
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--token", default=os.environ.get("RADSEARCH_TOKEN"))
-    ap.add_argument("--server-threads", type=int, default=None,
-                    help="with --index: torch threads in the server")
+    ap.add_argument(
+        "--server-threads", type=int, default=None, help="with --index: torch threads in the server"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --index: unbatched vs batched server, at --compare-clients",
+    )
+    ap.add_argument(
+        "--compare-clients",
+        type=lambda t: [int(x) for x in t.split(",")],
+        default=[1, 10, 50],
+        help="client counts for --compare (default 1,10,50)",
+    )
     args = ap.parse_args(argv)
 
     images = [(Path(p).name, Path(p).read_bytes()) for p in args.image] or default_images()
+    if args.compare:
+        if not args.index:
+            ap.error("--compare needs --index (it starts the server twice)")
+        return compare(args, images)
     proc = None
     url = args.url
     if args.index:
         proc, url = start_server(args.index, args.token, args.server_threads)
     try:
-        result = run_load(url.rstrip("/"), args.clients, args.duration, images, k=args.k,
-                          endpoint=args.endpoint, token=args.token, warmup=args.warmup)
+        result = run_load(
+            url.rstrip("/"),
+            args.clients,
+            args.duration,
+            images,
+            k=args.k,
+            endpoint=args.endpoint,
+            token=args.token,
+            warmup=args.warmup,
+        )
     finally:
         if proc is not None:
             proc.terminate()
@@ -186,11 +310,15 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['endpoint']} at {result['url']}: {result['clients']} clients, "
-              f"{result['duration_s']} s, {len(images)} query image(s)")
+        print(
+            f"{result['endpoint']} at {result['url']}: {result['clients']} clients, "
+            f"{result['duration_s']} s, {len(images)} query image(s)"
+        )
         print(f"  requests   {result['requests']}  ({result['requests_per_s']} req/s)")
-        print(f"  latency ms p50 {result['p50_ms']}  p95 {result['p95_ms']}  "
-              f"p99 {result['p99_ms']}  max {result['max_ms']}")
+        print(
+            f"  latency ms p50 {result['p50_ms']}  p95 {result['p95_ms']}  "
+            f"p99 {result['p99_ms']}  max {result['max_ms']}"
+        )
         print(f"  errors     {result['errors']}")
         for e in result["error_examples"]:
             print(f"    {e}")

@@ -238,7 +238,7 @@ def test_index_search_and_link_back(orthanc, pacs_files, tmp_path, monkeypatch):
 
     from radsearch.serve import create_app
 
-    client = TestClient(create_app(out))
+    client = TestClient(create_app(out), base_url="http://127.0.0.1")  # a Host it serves
     res = client.post("/api/search", files={"file": ("q.png", q.read_bytes(), "image/png")},
                       data={"k": "3"}).json()
     top = res["hits"][0]

@@ -1,6 +1,7 @@
 """The source options every verb that reads a source shares (``index``, ``tune``):
 ``--root``, ``--split``, ``--filter``, ``--label-from-folder`` and the NIfTI slicing
-options, and the ItemRefs they select (:func:`refs_from_args`)."""
+options, and the ItemRefs they select (:func:`refs_from_args`). Defined once so that
+the same options select the same items in every verb."""
 
 from __future__ import annotations
 

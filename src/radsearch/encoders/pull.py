@@ -114,7 +114,10 @@ def _pull_open_clip(cfg: EncoderConfig) -> None:
     from open_clip.pretrained import download_pretrained_from_url
 
     _check_reachable(cfg.name, url)
-    download_pretrained_from_url(url, cache_dir=str(Path.home() / ".cache" / "clip"))
+    try:
+        download_pretrained_from_url(url, cache_dir=str(Path.home() / ".cache" / "clip"))
+    except Exception as e:
+        raise EncoderError(f"model {cfg.name!r}: download from {url} failed ({e})") from None
 
 
 def _pull_config(cfg: EncoderConfig) -> None:

@@ -1,6 +1,7 @@
 """The paper's analyses beyond P@k: index size, embedding-space quality, 2-D map,
 linear probe. All take L2-normalised vectors and label strings; neighbours always come
-from ``radsearch.search.knn_rows`` on an ``Index`` (so a stored recipe applies)."""
+from ``radsearch.search.knn_rows`` on an ``Index`` (so a stored recipe applies), here a
+throw-away one (:func:`scratch_index`) that ``evaluate`` and ``tune`` search too."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from radsearch.errors import SourceError
@@ -157,6 +158,166 @@ def _fetch(client, study: str, series: str, sop: str, path: Path) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _parse_filters(spec: str, where: Mapping | None) -> dict[str, frozenset]:
+    """``column -> value(s)`` (a comma list or an iterable) as sets, on ``FILTER_KEYS`` only."""
+    filters = {
+        str(k): frozenset(
+            v.strip() for v in (str(val).split(",") if isinstance(val, str) else map(str, val))
+        )
+        for k, val in (where or {}).items()
+    }
+    unknown = [k for k in filters if k not in FILTER_KEYS]
+    if unknown:
+        raise SourceError(
+            f"{spec}: cannot filter on {unknown[0]!r}; available: {', '.join(FILTER_KEYS)}"
+        )
+    return filters
+
+
+def _search_studies(client, url: str) -> list:
+    """The QIDO-RS study list; a refused login or a dead server is a ``SourceError`` here,
+    before anything is indexed, with a hint at the credentials for 401/403."""
+    try:
+        return client.search_for_studies(fields=["PatientID"], get_remaining=True)
+    except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = (
+            " (check --dicomweb-user/--dicomweb-password or --dicomweb-token)"
+            if status in (401, 403)
+            else ""
+        )
+        raise SourceError(
+            f"{url}: QIDO-RS study search failed ({type(exc).__name__}: {exc}){hint}"
+        ) from None
+
+
+def _frame_ids(sop: str, frames: int) -> list[str]:
+    return [sop] if frames == 1 else [f"{sop}#frame={n}" for n in range(frames)]
+
+
+@dataclass
+class _Walk:
+    """One walk down a DICOMweb server's study -> series -> instance tree.
+
+    Each level drops what the filters rule out before asking the next level, so a
+    filtered index queries and fetches only what it keeps; a failed series or instance
+    search is logged and skipped, never fatal."""
+
+    url: str
+    client: object
+    cache: Path
+    filters: Mapping[str, frozenset]
+    known_ids: set[str] | frozenset[str]
+    orthanc: str | None  # Orthanc's REST root, for viewer links; None for other servers
+
+    def items(self, studies) -> Iterator[ItemRef]:
+        for st in studies:
+            study, patient = _value(st, "study_uid"), _value(st, "patient_id")
+            keys = ("study_uid", "patient_id")
+            if study and _matches({"study_uid": study, "patient_id": patient}, self.filters, keys):
+                yield from self._series(study, patient)
+
+    def _series(self, study: str, patient: str) -> Iterator[ItemRef]:
+        try:
+            series_list = self.client.search_for_series(
+                study, fields=["Modality", "BodyPartExamined"], get_remaining=True
+            )
+        except Exception as exc:
+            log.warning("%s: series search of study %s failed: %s", self.url, study, exc)
+            return
+        for se in series_list:
+            base = {
+                "study_uid": study,
+                "series_uid": _value(se, "series_uid"),
+                "modality": _value(se, "modality"),
+                "body_part": _value(se, "body_part"),
+                "patient_id": patient,
+            }
+            if not base["series_uid"] or not _matches(
+                base, self.filters, ("series_uid", "modality", "body_part")
+            ):
+                continue
+            if base["modality"].upper() not in NON_IMAGE_MODALITIES:
+                yield from self._instances(base)
+
+    def _instances(self, base: dict) -> Iterator[ItemRef]:
+        study, series = base["study_uid"], base["series_uid"]
+        try:
+            instances = self.client.search_for_instances(
+                study, series, fields=["NumberOfFrames", "SOPClassUID"], get_remaining=True
+            )
+        except Exception as exc:
+            log.warning("%s: instance search of series %s failed: %s", self.url, series, exc)
+            return
+        for inst in instances:
+            sop = _value(inst, "sop_uid")
+            if not sop or not _is_image(base["modality"], _value(inst, "sop_class")):
+                continue
+            meta = dict(base, sop_uid=sop)
+            if _matches(meta, self.filters, ("sop_uid",)):
+                yield from self._refs(meta, _value(inst, "number_of_frames"))
+
+    def _refs(self, meta: dict, frames_text: str) -> Iterator[ItemRef]:
+        """The items of one instance: fetched into the cache unless all its ids are known,
+        then completed (and filtered again) from the cached file's header."""
+        study, series, sop = meta["study_uid"], meta["series_uid"], meta["sop_uid"]
+        path = self.cache / _safe(study) / _safe(series) / f"{_safe(sop)}.dcm"
+        try:
+            frames = max(1, int(float(frames_text or 1)))
+        except ValueError:
+            frames = 1
+        ids = _frame_ids(sop, frames)
+        if not (set(ids) <= set(self.known_ids)) and not path.exists():
+            err = _fetch(self.client, study, series, sop, path)
+            if err:
+                log.warning("%s: WADO-RS retrieve of %s failed: %s", self.url, sop, err)
+        if path.exists():
+            frames = self._complete_from_header(meta, path, frames)
+            if frames is None:
+                return
+            ids = _frame_ids(sop, frames)
+        meta["number_of_frames"] = str(frames)
+        for n, item_id in enumerate(ids):
+            yield ItemRef(
+                item_id, str(path), n if frames > 1 else None, self._links(meta, n, frames)
+            )
+
+    def _complete_from_header(self, meta: dict, path: Path, frames: int) -> int | None:
+        """Fill what QIDO left empty from the cached header; the header's frame count, or
+        None when the now-known modality or body part is filtered out."""
+        from radsearch.io.dicom import metadata_from_header, read_dicom_header
+
+        try:
+            header = metadata_from_header(read_dicom_header(path))
+        except Exception:
+            header = {}
+        for key in ("modality", "body_part", "patient_id"):
+            if not meta.get(key) and header.get(key):
+                meta[key] = str(header[key])
+        if header.get("number_of_frames"):
+            frames = int(header["number_of_frames"])
+        if header and not _matches(meta, self.filters, ("modality", "body_part")):
+            return None
+        return frames
+
+    def _links(self, meta: dict, frame: int, frames: int) -> dict:
+        """``meta`` plus the WADO-RS rendered URL of this frame and Orthanc's viewer page."""
+        study, series, sop = meta["study_uid"], meta["series_uid"], meta["sop_uid"]
+        instance_url = f"{self.url}/studies/{study}/series/{series}/instances/{sop}"
+        m = dict(meta)
+        m["pacs_url"] = (
+            f"{instance_url}/frames/{frame + 1}/rendered"
+            if frames > 1
+            else f"{instance_url}/rendered"
+        )
+        if self.orthanc:
+            m["viewer_url"] = (
+                f"{self.orthanc}/app/explorer.html#instance?uuid="
+                f"{orthanc_id(meta['patient_id'], study, series, sop)}"
+            )
+        return m
+
+
 def iter_dicomweb(
     spec: str,
     *,
@@ -177,130 +338,16 @@ def iter_dicomweb(
     ``FILTER_KEYS``, applied before fetching where the level allows.
     """
     url = parse_url(spec)
-    filters = {
-        str(k): frozenset(
-            v.strip() for v in (str(val).split(",") if isinstance(val, str) else map(str, val))
-        )
-        for k, val in (where or {}).items()
-    }
-    unknown = [k for k in filters if k not in FILTER_KEYS]
-    if unknown:
-        raise SourceError(
-            f"{spec}: cannot filter on {unknown[0]!r}; available: {', '.join(FILTER_KEYS)}"
-        )
+    filters = _parse_filters(spec, where)
     session = make_session(user, password, token)
     if client is None:
         from dicomweb_client.api import DICOMwebClient
 
         client = DICOMwebClient(url=url, session=session, timeout=timeout)
-    try:
-        studies = client.search_for_studies(fields=["PatientID"], get_remaining=True)
-    except Exception as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        hint = (
-            " (check --dicomweb-user/--dicomweb-password or --dicomweb-token)"
-            if status in (401, 403)
-            else ""
-        )
-        raise SourceError(
-            f"{url}: QIDO-RS study search failed ({type(exc).__name__}: {exc}){hint}"
-        ) from None
-    root = orthanc_root(url, session)
+    studies = _search_studies(client, url)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(url)
-
-    def generate() -> Iterator[ItemRef]:
-        for st in studies:
-            study = _value(st, "study_uid")
-            if not study or not _matches(
-                {"study_uid": study, "patient_id": _value(st, "patient_id")},
-                filters,
-                ("study_uid", "patient_id"),
-            ):
-                continue
-            patient = _value(st, "patient_id")
-            try:
-                series_list = client.search_for_series(
-                    study, fields=["Modality", "BodyPartExamined"], get_remaining=True
-                )
-            except Exception as exc:
-                log.warning("%s: series search of study %s failed: %s", url, study, exc)
-                continue
-            for se in series_list:
-                series = _value(se, "series_uid")
-                modality, body_part = _value(se, "modality"), _value(se, "body_part")
-                base = {
-                    "study_uid": study,
-                    "series_uid": series,
-                    "modality": modality,
-                    "body_part": body_part,
-                    "patient_id": patient,
-                }
-                if not series or not _matches(
-                    base, filters, ("series_uid", "modality", "body_part")
-                ):
-                    continue
-                if modality.upper() in NON_IMAGE_MODALITIES:
-                    continue
-                try:
-                    instances = client.search_for_instances(
-                        study, series, fields=["NumberOfFrames", "SOPClassUID"], get_remaining=True
-                    )
-                except Exception as exc:
-                    log.warning("%s: instance search of series %s failed: %s", url, series, exc)
-                    continue
-                for inst in instances:
-                    sop = _value(inst, "sop_uid")
-                    if not sop or not _is_image(modality, _value(inst, "sop_class")):
-                        continue
-                    meta = dict(base, sop_uid=sop)
-                    if not _matches(meta, filters, ("sop_uid",)):
-                        continue
-                    yield from _refs(client, meta, _value(inst, "number_of_frames"))
-
-    def _refs(client, meta: dict, frames_text: str) -> Iterator[ItemRef]:
-        from radsearch.io.dicom import metadata_from_header, read_dicom_header
-
-        study, series, sop = meta["study_uid"], meta["series_uid"], meta["sop_uid"]
-        path = cache / _safe(study) / _safe(series) / f"{_safe(sop)}.dcm"
-        try:
-            frames = max(1, int(float(frames_text or 1)))
-        except ValueError:
-            frames = 1
-        ids = [sop] if frames == 1 else [f"{sop}#frame={n}" for n in range(frames)]
-        if not (set(ids) <= set(known_ids)) and not path.exists():
-            err = _fetch(client, study, series, sop, path)
-            if err:
-                log.warning("%s: WADO-RS retrieve of %s failed: %s", url, sop, err)
-        if path.exists():
-            try:
-                header = metadata_from_header(read_dicom_header(path))
-            except Exception:
-                header = {}
-            for key in ("modality", "body_part", "patient_id"):
-                if not meta.get(key) and header.get(key):
-                    meta[key] = str(header[key])
-            if header.get("number_of_frames") and int(header["number_of_frames"]) != frames:
-                frames = int(header["number_of_frames"])
-                ids = [sop] if frames == 1 else [f"{sop}#frame={n}" for n in range(frames)]
-            if header and not _matches(meta, filters, ("modality", "body_part")):
-                return
-        meta["number_of_frames"] = str(frames)
-        instance_url = f"{url}/studies/{study}/series/{series}/instances/{sop}"
-        for n, item_id in enumerate(ids):
-            m = dict(meta)
-            m["pacs_url"] = (
-                f"{instance_url}/frames/{n + 1}/rendered"
-                if frames > 1
-                else f"{instance_url}/rendered"
-            )
-            if root:
-                m["viewer_url"] = (
-                    f"{root}/app/explorer.html#instance?uuid="
-                    f"{orthanc_id(meta['patient_id'], study, series, sop)}"
-                )
-            yield ItemRef(item_id, str(path), n if frames > 1 else None, m)
-
-    return generate()
+    walk = _Walk(url, client, cache, filters, known_ids, orthanc_root(url, session))
+    return walk.items(studies)
 
 
 def refs_for_index(

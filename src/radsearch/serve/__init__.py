@@ -1,6 +1,11 @@
 """HTTP API and web UI: ``radsearch serve INDEX_DIR`` (FastAPI + uvicorn).
 
-``create_app`` builds the app for an index directory; see ``docs/serve.md``.
+``create_app`` builds the app for an index directory; see ``docs/serve.md``. Modules:
+``app`` (the app and its error handlers), ``context`` (what every route shares, the
+privacy rules), ``routes_api`` / ``routes_ui`` / ``routes_docs`` (the routes), ``guard``
+(Host, token and body-size checks before FastAPI), ``server`` (uvicorn with connection
+limits and timeouts), ``cli`` (the verb). This package imports no FastAPI until the app
+is built, so the CLI starts fast.
 """
 
 from __future__ import annotations

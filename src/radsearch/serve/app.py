@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from radsearch.errors import ImageReadError, RadsearchError
 from radsearch.io.upload import DEFAULT_DECODE_MEMORY, DecodeBudget
 from radsearch.serve import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+from radsearch.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW, QueryBatcher
 from radsearch.serve.context import ServeContext, Settings
 from radsearch.serve.guard import Guard, allowed_hosts_for
 
@@ -90,6 +91,7 @@ def _info(ctx: ServeContext) -> dict:
             "max_k": s.max_k,
             "decode_memory_bytes": ctx.budget.total,
         },
+        "batching": {"max_batch": ctx.batcher.max_batch, "window_s": ctx.batcher.window},
     }
 
 
@@ -136,11 +138,15 @@ def create_app(
     host: str = "127.0.0.1",
     allowed_hosts: list[str] | None = None,
     decode_memory: int = DEFAULT_DECODE_MEMORY,
+    batch_max: int = DEFAULT_MAX_BATCH,
+    batch_window: float = DEFAULT_WINDOW,
 ):
     """The ASGI app serving the index at ``index_path`` (see module docstring).
 
     ``host`` is the address the server binds: requests must name it (or loopback, or
-    one of ``allowed_hosts``; ``"*"`` allows any) in their ``Host`` header.
+    one of ``allowed_hosts``; ``"*"`` allows any) in their ``Host`` header. Concurrent
+    searches are embedded together, up to ``batch_max`` queries collected for at most
+    ``batch_window`` seconds (``batch_max=1``: one at a time; see ``serve/batcher.py``).
     """
     from radsearch import __version__
     from radsearch.index import Index
@@ -159,7 +165,12 @@ def create_app(
         cors_origins=list(cors_origins or []),
         allowed_hosts=sorted(hosts),
     )
-    ctx = ServeContext(index=index, settings=settings, budget=DecodeBudget(decode_memory))
+    ctx = ServeContext(
+        index=index,
+        settings=settings,
+        budget=DecodeBudget(decode_memory),
+        batcher=QueryBatcher(index, batch_max, batch_window),
+    )
     ctx.info = _info(ctx)
 
     app = FastAPI(

@@ -20,6 +20,7 @@ def register(subparsers) -> None:
         DEFAULT_MAX_PIXELS,
         DEFAULT_MAX_UPLOAD_BYTES,
     )
+    from radsearch.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW
 
     p = subparsers.add_parser("serve", help="HTTP API and web UI for an index")
     p.add_argument("index", help="index directory")
@@ -54,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin calls from ORIGIN (repeatable; default: none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the query encoder")
+    p.add_argument("--batch-max", type=int, default=DEFAULT_MAX_BATCH,
+                   help="concurrent searches embedded together, at most (1: one at a time)")
+    p.add_argument("--batch-window-ms", type=float, default=DEFAULT_WINDOW * 1000,
+                   help="how long a batch waits for more queries once two are waiting")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for query encoding (default: torch's)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -88,6 +93,8 @@ def cmd_serve(args) -> int:
         host=args.host,
         allowed_hosts=args.allowed_host,
         decode_memory=int(args.decode_memory_mb * 2**20),
+        batch_max=args.batch_max,
+        batch_window=args.batch_window_ms / 1000,
     )
     idx = app.state.index
     print(f"radsearch: serving {idx.path} ({idx.count} items, encoder {idx.encoder_name}) "

@@ -66,8 +66,8 @@ class ServeContext:
     index: object  # radsearch.index.Index
     settings: Settings
     budget: DecodeBudget
+    batcher: object = None  # radsearch.serve.batcher.QueryBatcher: encoder + search
     info: dict = field(default_factory=dict)
-    search_lock: threading.Lock = field(default_factory=threading.Lock)
     thumbs: LRU = field(default_factory=lambda: LRU(THUMB_CACHE_SIZE))
 
     def hidden(self) -> set[str]:

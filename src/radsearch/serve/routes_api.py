@@ -113,7 +113,6 @@ def _add_search(api: APIRouter, ctx: ServeContext) -> None:
     ) -> dict:
         from radsearch.io.sources import parse_where
         from radsearch.io.upload import display_name
-        from radsearch.search import search_index
 
         if k > settings.max_k:
             raise HTTPException(422, f"k={k} is above the limit {settings.max_k}")
@@ -122,16 +121,14 @@ def _add_search(api: APIRouter, ctx: ServeContext) -> None:
         name = display_name(file.filename)
         pixels = read_query(file, slice)
         t0 = time.perf_counter()
-        with ctx.search_lock:
-            result = search_index(
-                ctx.index,
-                [pixels],
-                k=k,
-                where=where_map,
-                one_per_patient=one_per_patient,
-                suggest=suggest or None,
-                names=[name],
-            )[0]
+        result = ctx.batcher.search(
+            pixels,
+            name,
+            k=k,
+            where=where_map,
+            one_per_patient=one_per_patient,
+            suggest=suggest or None,
+        )
         out = result.to_dict()
         out["hits"] = [ctx.public(h) for h in out["hits"]]
         out["took_ms"] = round((time.perf_counter() - t0) * 1000, 1)

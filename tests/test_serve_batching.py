@@ -1,0 +1,132 @@
+"""Batched serving: concurrent ``/api/search`` requests are embedded together and get
+the hits of the one-at-a-time path (same ids in the same order, scores within 1e-5),
+each with its own options; ``batch_max=1`` never batches."""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from conftest import make_pattern  # noqa: E402
+from serve_helpers import KINDS, LiveServer, pattern_index  # noqa: E402
+
+QUERIES = [(kind, seed) for seed in (20, 21, 22, 23) for kind in KINDS]  # 12 queries
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    return pattern_index(
+        tmp_path_factory.mktemp("batch"), lambda kind, n: {"label": kind, "patient_id": f"P{n % 2}"}
+    )
+
+
+def _options(i: int) -> dict:
+    """Each query its own k, filter and per-patient setting."""
+    return {
+        "k": 3 + i % 4,
+        "where": ["label=rings,blob"] if i % 3 == 0 else None,
+        "one_per_patient": i % 5 == 0,
+    }
+
+
+def _png(kind: str, seed: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(make_pattern(kind, seed=seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _together(url: str, bodies: list[bytes]) -> list[dict]:
+    """Post every query at the same moment (one thread and connection each)."""
+    gate = threading.Barrier(len(bodies))
+
+    def post(i: int) -> dict:
+        opts = _options(i)
+        data = {"k": str(opts["k"]), "one_per_patient": str(opts["one_per_patient"]).lower()}
+        if opts["where"]:
+            data["where"] = opts["where"]
+        with httpx.Client(timeout=120) as http:
+            gate.wait()
+            r = http.post(url + "/api/search", files={"file": (f"q{i}.png", bodies[i])}, data=data)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(post, range(len(bodies))))
+
+
+def test_batched_hits_equal_one_at_a_time(index_dir):
+    from PIL import Image
+
+    from radsearch.index import Index
+    from radsearch.search import search_index
+    from radsearch.serve import create_app
+
+    bodies = [_png(kind, seed) for kind, seed in QUERIES]
+    index = Index.open(index_dir)
+    expected = []
+    for i, body in enumerate(bodies):
+        pixels = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+        opts = _options(i)
+        where = {"label": "rings,blob"} if opts["where"] else None
+        expected.append(
+            search_index(
+                index, [pixels], k=opts["k"], where=where, one_per_patient=opts["one_per_patient"]
+            )[0]
+        )
+    app = create_app(index_dir, batch_max=8, batch_window=0.05)
+    with LiveServer(app) as url:
+        for _ in range(3):  # the first round may find the worker idle
+            answers = _together(url, bodies)
+            if app.state.ctx.batcher.largest_batch >= 2:
+                break
+    assert app.state.ctx.batcher.largest_batch >= 2, "no two queries were ever embedded together"
+    for want, got in zip(expected, answers, strict=True):
+        assert [h["id"] for h in got["hits"]] == [h.id for h in want.hits]
+        for h, w in zip(got["hits"], want.hits, strict=True):
+            assert h["score"] == pytest.approx(w.score, abs=1e-5)
+        assert got["suggestion"] == want.suggestion
+
+
+def test_batch_max_one_never_batches(index_dir):
+    from radsearch.serve import create_app
+
+    app = create_app(index_dir, batch_max=1)
+    with LiveServer(app) as url:
+        _together(url, [_png(kind, seed) for kind, seed in QUERIES[:6]])
+    assert app.state.ctx.batcher.largest_batch == 1
+
+
+def test_a_bad_filter_fails_only_its_own_query(index_dir):
+    from radsearch.index import Index
+    from radsearch.serve.batcher import QueryBatcher
+
+    index = Index.open(index_dir)
+    batcher = QueryBatcher(index, max_batch=4, window=0.2)
+    pixels = make_pattern("rings", seed=3)[:, :, None].repeat(3, axis=2)
+    out = {}
+
+    def run(name, where):
+        try:
+            out[name] = batcher.search(pixels, name, k=2, where=where)
+        except Exception as exc:  # noqa: BLE001
+            out[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("good", None)),
+        threading.Thread(target=run, args=("bad", {"nosuchcolumn": "1"})),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out["good"].hits) == 2 and "nosuchcolumn" in str(out["bad"])
