@@ -16,6 +16,7 @@ from importlib import import_module
 from importlib.util import find_spec
 
 from radsearch.errors import RadsearchError
+from radsearch.regions.cli import add_region_args, region_options
 from radsearch.source_args import add_source_args, refs_from_args
 
 # Modules that add their own sub-commands: each has ``register(subparsers)``.
@@ -23,6 +24,7 @@ _STAGE_MODULES = [
     "radsearch.evaluate.cli",  # evaluate, compare
     "radsearch.tune_cli",  # tune
     "radsearch.serve.cli",  # serve
+    "radsearch.regions.cli",  # explain
     "radsearch.encoders.pull",  # pull
 ]
 
@@ -82,6 +84,7 @@ def cmd_index(args) -> int:
         store=store_spec(args),
         engine=args.engine,
         engine_options={"address": args.ray_address} if args.engine == "ray" else None,
+        regions=False if args.no_regions else None,
     )
     idx = report.index
     print(
@@ -144,6 +147,7 @@ def cmd_search(args) -> int:
         one_per_patient=args.one_per_patient,
         suggest=args.suggest,
         text=args.text or None,
+        **region_options(args),
     )
     if args.json:
         print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
@@ -152,6 +156,8 @@ def cmd_search(args) -> int:
         print(f"query: {r.query}")
         for h in r.hits:
             meta = " ".join(f"{k}={v}" for k, v in h.metadata.items() if v not in ("", None))
+            if h.match_box is not None:
+                meta += " match_box=" + ",".join(str(v) for v in h.match_box)
             print(f"  {h.rank:>3}  {h.score:.4f}  {h.id}  {meta}")
         if r.suggestion:
             s = r.suggestion
@@ -237,6 +243,8 @@ def _register_index(sub) -> None:
                    help="vector store: faiss (default) or milvus:<Milvus Lite path or http://host:port>")
     g.add_argument("--engine", choices=["local", "ray"], default="local", help="extraction engine")
     g.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: local Ray)")
+    g.add_argument("--no-regions", action="store_true",
+                   help="do not keep region features (no --roi queries or explain maps on this index)")
     g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
                    help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
     add_source_args(p)
@@ -266,6 +274,7 @@ def _register_search(sub) -> None:
     p.add_argument("--model", help="refuse unless the index was built with this encoder")
     p.add_argument("--nprobe", type=int, help="IVF indexes: lists probed (recall vs speed)")
     p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
+    add_region_args(p)
     g = p.add_argument_group("studies (see docs/studies.md)")
     g.add_argument("--study", nargs="+", metavar="QUERY",
                    help="one query study (DICOM folder or series, NIfTI volume, image files): "

@@ -101,8 +101,12 @@ def build_index(
     store: dict | None = None,
     engine: str = "local",
     engine_options: dict | None = None,
+    regions: bool | None = None,
 ) -> BuildReport:
-    """Add every item of ``refs`` not yet in the index at ``out`` (created if needed)."""
+    """Add every item of ``refs`` not yet in the index at ``out`` (created if needed).
+
+    ``regions``: keep region features (``radsearch.regions``) in a new index; default:
+    when the encoder has a spatial output. An index that has them keeps them."""
     refuse_foreign(Path(out))
     with writing(out):
         index = open_or_create(out, model, store)
@@ -115,7 +119,10 @@ def build_index(
         result = _embed(
             index, new, device, weights, batch_size, workers, progress, engine, engine_options
         )
-        added = index.add(result.refs, result.vectors)
+        from radsearch.regions.extract import codes_for_new_items
+
+        codes = codes_for_new_items(index, result.refs, regions, batch_size, workers, progress)
+        added = index.add(result.refs, result.vectors, regions=codes)
         if added:
             _attach_shipped_recipe(index, model)
             index.save(absorbs_work=True)

@@ -24,6 +24,7 @@ class Hit:
     id: str
     source: str
     metadata: dict = field(default_factory=dict)
+    match_box: list[int] | None = None  # region queries: where in the hit it matched
 
     def to_dict(self) -> dict:
         d = {
@@ -32,6 +33,8 @@ class Hit:
             "id": self.id,
             "source": self.source,
         }
+        if self.match_box is not None:
+            d["match_box"] = list(self.match_box)
         d.update(self.metadata)
         return d
 

@@ -169,6 +169,9 @@ class Encoder:
         self.module = module.eval().to(self.device)
         for p in self.module.parameters():
             p.requires_grad_(False)
+        # kept apart from ``module``: runtimes (encoders.accel) may swap ``module`` for
+        # one that only returns pooled vectors
+        self._spatial = getattr(self.module, "spatial", None)
 
     @property
     def dim(self) -> int:
@@ -213,3 +216,23 @@ class Encoder:
             f"model {self.config.name!r} has no text encoder; text queries need a CLIP-family "
             "model such as biomedclip or clip-vit-l14"
         )
+
+    @property
+    def has_spatial(self) -> bool:
+        return getattr(self, "_spatial", None) is not None
+
+    def feature_grid(self, batch: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """``Bx3xSxS float32`` -> ``BxHxWxC float32``: the encoder's spatial feature map
+        (region queries and why-similar maps, ``radsearch.regions``). Families whose
+        module has ``spatial(x, layer)`` have one; the others say so."""
+        import torch
+
+        if not self.has_spatial:
+            raise EncoderError(
+                f"model {self.config.name!r} has no spatial output; region features need an "
+                "encoder with feature maps or patch tokens (e.g. efficientnet-lite0)"
+            )
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode():
+            out = self._spatial(x, layer)
+        return out.permute(0, 2, 3, 1).float().cpu().numpy()

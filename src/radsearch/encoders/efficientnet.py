@@ -269,6 +269,13 @@ class EfficientNetLiteFeatures:
                         views += 1
                 return [a / views for a in acc]
 
+            def spatial(self, x, layer=None):
+                """``BxCxHxW`` map of ``layer`` (``head`` default, or ``bN``): region features."""
+                layer = layer or "head"
+                if layer != "head" and layer not in channels(cfg.model_id):
+                    raise EncoderError(f"model {cfg.name!r}: no layer {layer!r} for region features")
+                return self.maps(x, {layer})[layer]
+
             def forward(self, x):
                 if plain:
                     return pool_tap(self.net.extract_features(x), taps[0][1])

@@ -26,6 +26,7 @@ from radsearch.errors import IndexFormatError, RadsearchError
 from radsearch.index import rows as _rows
 from radsearch.index.commit import ABSORBS_WORK, MANIFEST, recover, settle, unchanged, writing
 from radsearch.io.items import ItemRef
+from radsearch.regions import features as regions_hooks
 
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
@@ -297,8 +298,11 @@ class Index:
         return _rows.assign(refs, self.ids, set(self._present))
 
     # -- mutation -------------------------------------------------------------------
-    def add(self, refs: list[ItemRef], vectors: np.ndarray) -> int:
-        """Append items not yet in the index (by id); returns how many were added."""
+    def add(self, refs: list[ItemRef], vectors: np.ndarray, regions=None) -> int:
+        """Append items not yet in the index (by id); returns how many were added.
+
+        ``regions``: ``(codes, sizes)`` row-aligned with ``refs`` for an index that keeps
+        region features (``radsearch.regions.features``)."""
         import pyarrow as pa
 
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -329,6 +333,7 @@ class Index:
         self.items = pa.concat_tables([self.items, new_items], promote_options="permissive")
         self._read = pa.concat_tables([self._read, _rows.read_columns(new_refs)])
         self.embeddings = np.concatenate([np.asarray(self.embeddings), new_vecs])
+        regions_hooks.on_add(self, keep, regions)
         self._after_change(appended=new_vecs)
         return len(keep)
 
@@ -341,6 +346,7 @@ class Index:
         self.items = self.items.take(keep)
         self._read = self._read.take(keep)
         self.embeddings = np.asarray(self.embeddings)[keep]
+        regions_hooks.on_remove(self, keep)
         self._after_change(appended=None)
         return len(drop)
 
@@ -401,6 +407,7 @@ class Index:
         pq.write_table(_rows.join_table(self.items, self._read), stage / ITEMS)
         np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
         self.store.save(stage)
+        regions_hooks.on_save(self, stage)
         recipe = self.recipe
         if recipe is not None and recipe.state:
             from radsearch.recipe import STATE_FILE
@@ -419,9 +426,19 @@ class Index:
 
         Options: ``where`` (dict column -> value), ``one_per_patient``, ``suggest``
         (metadata column voted on; default ``label``). See ``radsearch.search``.
+        ``roi=(x0, y0, x1, y1)``: region query; ``relevant``/``irrelevant``: ids of
+        marked hits for relevance feedback (``radsearch.regions``).
         """
         from radsearch.search import search_index
 
+        if options.get("roi") is not None:  # region query (radsearch.regions.query)
+            from radsearch.regions.query import search_regions
+
+            return search_regions(self, queries, k=k, **options)
+        if options.get("relevant") or options.get("irrelevant"):
+            from radsearch.regions.feedback import search_feedback
+
+            return search_feedback(self, queries, k=k, **options)
         return search_index(self, queries, k=k, **options)
 
     def describe(self) -> dict:

@@ -94,18 +94,29 @@ def check_method(method: str) -> str:
 
 
 def score_studies(
-    q: np.ndarray, db: np.ndarray, starts: np.ndarray, method=DEFAULT_METHOD
+    q: np.ndarray,
+    db: np.ndarray | None,
+    starts: np.ndarray,
+    method=DEFAULT_METHOD,
+    sims: np.ndarray | None = None,
 ) -> np.ndarray:
     """One score per candidate study (see module docstring); higher is more similar.
 
     ``q``: query items x D; ``db``: the candidates' items x D, each study's items
-    contiguous from ``starts[i]``; ``method``: a name in ``METHODS`` or a function of
-    ``(q, db, starts, sims)`` (how the benchmark tries alternatives).
+    contiguous from ``starts[i]`` (only ``mean-vector`` reads it when ``sims``, the
+    query x candidate-item cosines, is given); ``method``: a name in ``METHODS`` or a
+    function of ``(q, db, starts, sims)`` (how the benchmark tries alternatives).
     """
     if len(q) == 0:
         raise RadsearchError("the query study has no items")
     if len(starts) == 0:
         return np.zeros(0, np.float32)
-    sims = np.asarray(q, np.float32) @ np.asarray(db, np.float32).T
     fn = method if callable(method) else METHODS[check_method(method)]
+    if sims is None:
+        sims = np.asarray(q, np.float32) @ np.asarray(db, np.float32).T
     return fn(q, db, starts, sims)
+
+
+def needs_vectors(method) -> bool:
+    """Whether ``method`` reads the candidates' vectors, not only their cosines."""
+    return callable(method) or method in ("mean-vector", "mean-best+mean-vector")

@@ -105,24 +105,21 @@ class StudyTable:
         return self._pos[study_id]
 
     def gather(self, studies: np.ndarray, allowed: np.ndarray | None = None):
-        """(rows, starts, kept studies): the items of ``studies`` laid out contiguously.
+        """(rows, starts, kept studies): the items of ``studies`` laid out contiguously,
+        studies in ascending number.
 
         ``allowed`` (bool per row) keeps only items passing a filter; studies left with
         no item are dropped.
         """
-        parts, kept = [], []
-        for s in studies:
-            rows = self.rows(int(s))
-            if allowed is not None:
-                rows = rows[allowed[rows]]
-            if len(rows):
-                parts.append(rows)
-                kept.append(int(s))
-        if not parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        sizes = np.fromiter((len(p) for p in parts), np.int64, len(parts))
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        return np.concatenate(parts), starts, np.asarray(kept, np.int64)
+        if allowed is None and len(studies) == len(self):  # every study: already laid out
+            return self.order, self.starts, np.arange(len(self))
+        wanted = np.zeros(len(self), bool)
+        wanted[np.asarray(studies, np.int64)] = True
+        rows = self.order[wanted[self.of_row[self.order]]]
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        kept, starts = np.unique(self.of_row[rows], return_index=True)
+        return rows, starts.astype(np.int64), kept.astype(np.int64)
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

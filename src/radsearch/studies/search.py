@@ -20,7 +20,12 @@ import numpy as np
 
 from radsearch.errors import ImageReadError, RadsearchError
 from radsearch.search import PATIENT_COLUMN, QueryResult, filter_rows, knn_rows, majority_vote
-from radsearch.studies.aggregate import DEFAULT_METHOD, check_method, score_studies
+from radsearch.studies.aggregate import (
+    DEFAULT_METHOD,
+    check_method,
+    needs_vectors,
+    score_studies,
+)
 from radsearch.studies.identity import STUDY_COLUMN, study_table
 
 # Above this many allowed rows, only the studies of each query item's neighbours are scored.
@@ -248,7 +253,10 @@ def rank_studies(
         what = f" matches {_where_text(where)}" if where else " is left"
         raise RadsearchError(f"no indexed study{what}")
     q, db = search_space(index, qvecs)
-    scores = score_studies(q, db[rows], starts, method)
+    # Cosines against the whole store then a column gather: cheaper than gathering vectors.
+    sims = (q @ db.T)[:, rows] if len(rows) * 2 > len(db) else q @ db[rows].T
+    vectors = db[rows] if needs_vectors(method) else None
+    scores = score_studies(q, vectors, starts, method, sims=sims)
     ends = np.append(starts[1:], len(rows))
     hits, patients = [], set()
     for j in np.argsort(-scores, kind="stable"):
@@ -258,13 +266,14 @@ def rank_studies(
         if pid and pid in patients:
             continue
         patients.add(pid)
+        pairs_found = best_pairs(index, sims[:, starts[j] : ends[j]], srows, names, pairs)
         hits.append(
             StudyHit(
                 len(hits) + 1,
                 float(scores[j]),
                 table.names[cands[j]],
                 len(srows),
-                best_pairs(index, q, db, srows, names, pairs),
+                pairs_found,
                 meta,
             )
         )
@@ -277,16 +286,17 @@ def _where_text(where: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in where.items())
 
 
-def best_pairs(index, q, db, rows, names, n) -> list[dict]:
-    """Each query item's best match in the study, the ``n`` strongest first."""
+def best_pairs(index, sims, rows, names, n) -> list[dict]:
+    """Each query item's best match in the study (``sims``: query items x its rows), the
+    ``n`` strongest first."""
     if n <= 0:
         return []
-    sims = q @ db[rows].T
     best = sims.argmax(axis=1)
-    order = np.argsort(-sims[np.arange(len(q)), best], kind="stable")[:n]
+    top = sims[np.arange(len(sims)), best]
+    order = np.argsort(-top, kind="stable")[:n]
     ids = index.items.column("id").take(rows[best[order]]).to_pylist()
     return [
-        {"query_item": names[i], "hit_id": hid, "score": round(float(sims[i, best[i]]), 6)}
+        {"query_item": names[i], "hit_id": hid, "score": round(float(top[i]), 6)}
         for i, hid in zip(order, ids, strict=True)
     ]
 

@@ -1,0 +1,204 @@
+"""Region queries: "cases like *this* part of the image", with where each hit matched.
+
+The query image's feature grid (the index's encoder and region layer, projected into
+the store's PCA space) is averaged over the cells under the ROI, weighted by how much
+of each cell the box covers. Every indexed item is scored by its best window of
+1-3 x 1-3 cells (cosine of the ROI vector with the window's summed cells; window norms
+are computed once per process and cached); that window, mapped back to the hit's
+pixels, is its ``match_box``. The final score mixes in the whole-image cosine:
+``(1 - w) * region + w * global`` with ``w = spec["global_weight"]`` (chosen on
+RadBench val, docs/regions.md). Filters, one-per-patient and the vote are
+``radsearch.search``'s own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from radsearch.errors import RadsearchError
+from radsearch.regions import geometry
+from radsearch.regions.features import require
+from radsearch.search import DEFAULT_SUGGEST, PATIENT_COLUMN, QueryResult, _collect, filter_rows
+
+WINDOWS = (1, 2, 3)
+GLOBAL_WEIGHT = 0.3
+
+
+def window_shapes(store) -> list[tuple[int, int]]:
+    """Window shapes (rows x columns of cells) scored per item: ``spec["windows"]``."""
+    sizes = store.spec.get("windows") or WINDOWS
+    gh, gw = store.grid
+    return [(a, b) for a in sizes for b in sizes if a <= gh and b <= gw]
+
+
+def _box_sums(x: np.ndarray, a: int, b: int) -> np.ndarray:
+    """``N x H x W (x D)`` -> sums over every ``a x b`` window, ``N x (H-a+1) x (W-b+1) (x D)``."""
+    c = np.cumsum(np.cumsum(x, axis=1), axis=2)
+    pad = [(0, 0), (1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 3)
+    c = np.pad(c, pad)
+    return c[:, a:, b:] - c[:, :-a, b:] - c[:, a:, :-b] + c[:, :-a, :-b]
+
+
+def window_norms(store) -> dict:
+    """Per window shape, ``N x P`` norms of the windows' summed cells (cached)."""
+    cache = store._cache
+    if "norms" not in cache:
+        gh, gw = store.grid
+        cells = store.cells()
+        norms = {s: [] for s in window_shapes(store)}
+        for i in range(0, len(cells), 512):
+            g = cells[i : i + 512].reshape(-1, gh, gw, cells.shape[-1])
+            for a, b in norms:
+                norms[(a, b)].append(
+                    np.linalg.norm(_box_sums(g, a, b), axis=-1).reshape(len(g), -1)
+                )
+        cache["norms"] = {
+            s: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for s, v in norms.items()
+        }
+    return cache["norms"]
+
+
+def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None):
+    """Best window per item: ``(score N, shape index N, position N)``."""
+    gh, gw = store.grid
+    cells = store.cells()
+    dots = (cells @ qr) if rows is None else (cells[rows] @ qr)
+    dots = dots.reshape(-1, gh, gw)
+    norms = window_norms(store)
+    best = np.full(len(dots), -np.inf, np.float32)
+    shape_i = np.zeros(len(dots), np.int64)
+    pos = np.zeros(len(dots), np.int64)
+    for si, (a, b) in enumerate(window_shapes(store)):
+        n = norms[(a, b)] if rows is None else norms[(a, b)][rows]
+        s = _box_sums(dots, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
+        j = s.argmax(axis=1)
+        v = s[np.arange(len(s)), j]
+        better = v > best
+        best[better], shape_i[better], pos[better] = v[better], si, j[better]
+    return best, shape_i, pos
+
+
+def window_box(store, row: int, shape_i: int, pos: int) -> list[int]:
+    """The window's box in the stored item's pixels."""
+    gh, gw = store.grid
+    a, b = window_shapes(store)[shape_i]
+    r0, c0 = divmod(int(pos), gw - b + 1)
+    width, height = (int(v) for v in store.sizes[row])
+    return geometry.cells_to_image(
+        (c0, r0, c0 + b, r0 + a),
+        width,
+        height,
+        store.spec["input_size"],
+        store.spec["resize"],
+        store.grid,
+    )
+
+
+def query_grid(index, store, image: np.ndarray) -> np.ndarray:
+    """The query image's grid in the store's space (``H x W x D``)."""
+    enc = index.encoder()
+    grid = enc.feature_grid(enc.collate([enc.preprocess(image)]), store.spec["layer"])[0]
+    return store.project(grid)
+
+
+def roi_vector(store, qgrid: np.ndarray, roi, width: int, height: int) -> np.ndarray:
+    """Mean of the query cells under ``roi`` (weighted by cover), L2-normalised."""
+    spec = store.spec
+    cbox = geometry.image_to_cells(
+        roi, width, height, spec["input_size"], spec["resize"], store.grid
+    )
+    w = geometry.cell_weights(cbox, store.grid)
+    v = (qgrid * w[..., None]).sum(axis=(0, 1)) / w.sum()
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def load_query_images(queries) -> tuple[list[str], list[np.ndarray]]:
+    if isinstance(queries, np.ndarray) and queries.ndim == 2 and queries.dtype.kind == "f":
+        raise RadsearchError("a region query needs the query image, not a vector")
+    if isinstance(queries, (str, Path, np.ndarray)):
+        queries = [queries]
+    from radsearch.io.items import read_image
+
+    names, images = [], []
+    for i, q in enumerate(queries or []):
+        names.append(str(q) if isinstance(q, (str, Path)) else f"image[{i}]")
+        images.append(read_image(q) if isinstance(q, (str, Path)) else np.asarray(q))
+    if not images:
+        raise RadsearchError("a region query needs a query image")
+    return names, images
+
+
+def rank_region(index, store, qgrid, roi, size, qvec, rows_allowed, global_weight: float):
+    """``(scores, rows, shape index, position)`` of the items, best first.
+
+    ``qgrid``: the query's projected grid; ``size``: its image's (width, height)."""
+    qr = roi_vector(store, qgrid, roi, *size)
+    score, shape_i, pos = best_windows(store, qr, rows_allowed)
+    rows = np.arange(index.count) if rows_allowed is None else rows_allowed
+    if global_weight:
+        emb = index.embeddings if rows_allowed is None else index.embeddings[rows]
+        score = (1 - global_weight) * score + global_weight * (np.asarray(emb) @ qvec)
+    order = np.argsort(-score, kind="stable")
+    return score[order], rows[order], shape_i[order], pos[order]
+
+
+def search_regions(
+    index,
+    queries,
+    k: int = 10,
+    *,
+    roi,
+    where: dict | None = None,
+    one_per_patient: bool = False,
+    suggest: str | None = DEFAULT_SUGGEST,
+    names: list[str] | None = None,
+    relevant=None,
+    irrelevant=None,
+    global_weight: float | None = None,
+    text=None,
+) -> list[QueryResult]:
+    """Region search (see module docstring); feedback ids refine the global part."""
+    from radsearch.search import majority_vote
+
+    if text:
+        raise RadsearchError("a region query needs a query image, not text")
+    if k < 1:
+        raise RadsearchError(f"k must be at least 1 (got {k})")
+    store = require(index)
+    labels, images = load_query_images(queries)
+    for name, im in zip(labels, images, strict=True):  # every ROI checked before any work
+        roi = geometry.check_box(roi, im.shape[1], im.shape[0], f"roi for {name}")
+    gw = store.spec.get("global_weight", GLOBAL_WEIGHT) if global_weight is None else global_weight
+    qvecs = index.encoder().encode_images(images)
+    if relevant or irrelevant:
+        from radsearch.regions.feedback import refine_vectors
+
+        qvecs = refine_vectors(index, qvecs, relevant, irrelevant)
+    rows_allowed = filter_rows(index, where)
+    has_patient = one_per_patient and PATIENT_COLUMN in index.items.column_names
+    results = []
+    for name, im, qv in zip(names or labels, images, qvecs, strict=True):
+        if rows_allowed is not None and len(rows_allowed) == 0:
+            results.append(QueryResult(name, []))
+            continue
+        size = (im.shape[1], im.shape[0])
+        qgrid = query_grid(index, store, im)
+        scores, rows, shape_i, pos = rank_region(index, store, qgrid, roi, size, qv, rows_allowed, gw)
+        fetch = min(len(rows), 10 * k if has_patient else k)
+        while True:
+            hits = _collect(index, scores[:fetch], rows[:fetch], k, has_patient)
+            if len(hits) == k or fetch >= len(rows):
+                break
+            fetch = min(len(rows), fetch * 4)
+        at = {int(r): i for i, r in enumerate(rows[:fetch])}
+        for h in hits:
+            i = at[index.row_of(h.id)]
+            h.match_box = window_box(store, int(rows[i]), int(shape_i[i]), int(pos[i]))
+        results.append(QueryResult(name, hits))
+    if suggest:
+        column = suggest if suggest in index.items.column_names else None
+        for r in results:
+            r.suggestion = majority_vote(r.hits, column) if column else None
+    return results
