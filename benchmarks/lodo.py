@@ -102,19 +102,26 @@ def main() -> int:
     if args.only:
         vectors = {k: v for k, v in vectors.items() if k in args.only or k == BASELINE}
     print(f"candidates: {', '.join(f'{k} ({v.shape[1]}-d)' for k, v in vectors.items())}")
-    folds = leave_one_out(
-        table,
-        vectors,
-        "dataset",
-        objective=args.objective,
-        screen=args.screen,
-        log=lambda s: print(s, flush=True),
-    )
+    if args.reuse:
+        folds = load_folds(args.reuse)
+    else:
+        folds = leave_one_out(
+            table,
+            vectors,
+            "dataset",
+            objective=args.objective,
+            screen=args.screen,
+            log=lambda s: print(s, flush=True),
+        )
     print()
     print(format_table(folds))
     rec = recommend(folds)
     print(f"\nrecommended (chosen by the most folds): {rec.describe()}")
-    for line in done_when(folds, rec):
+    print(f"folds that chose it: {sum(f.choice.key() == rec.key() for f in folds)} of {len(folds)}")
+    rec_folds = recommended_folds(table, vectors, rec)
+    print("\nthe recommendation on every held-out dataset (test):")
+    print(format_table(rec_folds))
+    for line in done_when(rec_folds, rec):
         print("  " + line)
     print(f"\n{time.time() - t0:.0f} s")
     if args.out and not args.reuse:
