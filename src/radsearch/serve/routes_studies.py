@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.exceptions import HTTPException
 
-from radsearch.errors import ImageReadError
+from radsearch.errors import ImageReadError, RadsearchError
 from radsearch.serve.context import ServeContext
 
 # Most items one query study may bring (a longer volume is sampled evenly).
@@ -80,7 +80,39 @@ def router(ctx: ServeContext) -> APIRouter:
         out["took_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
+    @api.get("/studies/{study_id:anypath}/items")
+    def study_items(study_id: str) -> dict:
+        """A study's item ids in reading order (instance number, then slice, then row)."""
+        from radsearch.studies.identity import study_table
+
+        table = study_table(ctx.index)
+        try:
+            rows = table.rows(table.find(study_id))
+        except RadsearchError:
+            raise HTTPException(404, "no such study in the index") from None
+        metas = ctx.index.rows(rows)
+        order = sorted(
+            range(len(rows)),
+            key=lambda i: (
+                _number(metas[i].get("instance_number")),
+                _number(_slice(metas[i]["id"])),
+                i,
+            ),
+        )
+        return {"study_id": study_id, "items": [metas[i]["id"] for i in order]}
+
     return api
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _slice(item_id: str) -> str:
+    return item_id.rpartition("=")[2] if "#slice=" in item_id or "#frame=" in item_id else ""
 
 
 def _study_name(files) -> str:
