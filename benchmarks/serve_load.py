@@ -207,7 +207,8 @@ def compare(args, images) -> int:
     Both servers run for the whole comparison and the runs alternate (unbatched, then
     batched, at each client count), so drifting load on a shared machine hits both.
     """
-    modes = {"unbatched": ("--batch-max", "1"), "batched": ()}
+    common = ("--runtime", args.server_runtime)
+    modes = {"unbatched": (*common, "--batch-max", "1"), "batched": common}
     servers = {
         m: start_server(args.index, args.token, args.server_threads, extra)
         for m, extra in modes.items()
@@ -231,7 +232,10 @@ def compare(args, images) -> int:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=20)
-    print(f"/api/search, {len(images)} query image(s), k={args.k}, {args.duration:g} s per run")
+    print(
+        f"/api/search, {len(images)} query image(s), k={args.k}, {args.duration:g} s per run, "
+        f"runtime {args.server_runtime}, server threads {args.server_threads or 'default'}"
+    )
     print(
         f"{'server':<10} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'errors':>6} {'RSS MB':>7} {'peak MB':>8}"
@@ -267,6 +271,12 @@ def main(argv=None) -> int:
         "--server-threads", type=int, default=None, help="with --index: torch threads in the server"
     )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument(
+        "--server-runtime",
+        default="torch",
+        choices=["torch", "onnx", "auto"],
+        help="with --compare: the servers' --runtime",
+    )
     ap.add_argument(
         "--compare",
         action="store_true",

@@ -45,23 +45,25 @@ def _png(kind: str, seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _post(url: str, i: int, body: bytes, gate: threading.Barrier | None = None) -> dict:
+    """Query ``i`` with its own options (``_options``), after ``gate`` if given."""
+    opts = _options(i)
+    data = {"k": str(opts["k"]), "one_per_patient": str(opts["one_per_patient"]).lower()}
+    if opts["where"]:
+        data["where"] = opts["where"]
+    with httpx.Client(timeout=120) as http:
+        if gate is not None:
+            gate.wait()
+        r = http.post(url + "/api/search", files={"file": (f"q{i}.png", body)}, data=data)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def _together(url: str, bodies: list[bytes]) -> list[dict]:
     """Post every query at the same moment (one thread and connection each)."""
     gate = threading.Barrier(len(bodies))
-
-    def post(i: int) -> dict:
-        opts = _options(i)
-        data = {"k": str(opts["k"]), "one_per_patient": str(opts["one_per_patient"]).lower()}
-        if opts["where"]:
-            data["where"] = opts["where"]
-        with httpx.Client(timeout=120) as http:
-            gate.wait()
-            r = http.post(url + "/api/search", files={"file": (f"q{i}.png", bodies[i])}, data=data)
-        assert r.status_code == 200, r.text
-        return r.json()
-
     with ThreadPoolExecutor(len(bodies)) as pool:
-        return list(pool.map(post, range(len(bodies))))
+        return list(pool.map(lambda i: _post(url, i, bodies[i], gate), range(len(bodies))))
 
 
 def test_batched_hits_equal_one_at_a_time(index_dir):
@@ -130,3 +132,40 @@ def test_a_bad_filter_fails_only_its_own_query(index_dir):
     for t in threads:
         t.join()
     assert len(out["good"].hits) == 2 and "nosuchcolumn" in str(out["bad"])
+
+
+def test_onnx_runtime_serves_the_same_hits(index_dir):
+    """``--runtime onnx``: the query encoder runs on ONNX Runtime; hits are those of the
+    torch path (``radsearch search``), scores within the runtime's 1e-3 tolerance, and
+    batched equals one at a time within 1e-5."""
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from radsearch.index import Index
+    from radsearch.search import search_index
+    from radsearch.serve import create_app
+
+    bodies = [_png(kind, seed) for kind, seed in QUERIES[:6]]
+    index = Index.open(index_dir)
+    app = create_app(index_dir, runtime="onnx", batch_max=8, batch_window=0.05)
+    with LiveServer(app) as url:
+        assert httpx.get(url + "/api/info").json()["runtime"] == "onnx"
+        alone = [_post(url, i, body) for i, body in enumerate(bodies)]  # one at a time
+        for _ in range(3):
+            together = _together(url, bodies)
+            if app.state.ctx.batcher.largest_batch >= 2:
+                break
+    assert app.state.ctx.batcher.largest_batch >= 2
+    for i, (body, one, many) in enumerate(zip(bodies, alone, together, strict=True)):
+        opts = _options(i)
+        where = {"label": "rings,blob"} if opts["where"] else None
+        pixels = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+        torch_hits = search_index(
+            index, [pixels], k=opts["k"], where=where, one_per_patient=opts["one_per_patient"]
+        )[0].hits
+        assert [h["id"] for h in one["hits"]] == [h.id for h in torch_hits]
+        for h, w in zip(one["hits"], torch_hits, strict=True):
+            assert h["score"] == pytest.approx(w.score, abs=1e-3)
+        assert [h["id"] for h in many["hits"]] == [h["id"] for h in one["hits"]]
+        for h, w in zip(many["hits"], one["hits"], strict=True):
+            assert h["score"] == pytest.approx(w["score"], abs=1e-5)

@@ -341,3 +341,22 @@ def test_evaluate_study_column_metrics_and_report(tmp_path, capsys):
     assert "mix 'label' values" in err
     assert "Studies as the unit of search" in (out / "report.html").read_text()
     assert "study " in stdout
+
+
+def test_pacs_study_hits_link_to_the_study(tmp_path):
+    from radsearch.io.dicomweb import orthanc_id
+
+    base = "http://pacs:8042"
+    query = np.stack([unit((0, 1))])
+    studies = {"S1": [unit((0, 1)), unit((0, 1), (5, 0.2))]}
+    index = vector_index(
+        tmp_path,
+        studies,
+        study_uid=lambda s: "1.2.3",
+        patient_id=lambda s: "P9",
+        pacs_url=lambda s: f"{base}/dicom-web/studies/1.2.3/series/4.5/instances/6.7/rendered",
+        viewer_url=lambda s: f"{base}/app/explorer.html#instance?uuid=abc",
+    )
+    top = search_study(index, query, k=1).studies[0].metadata
+    assert top["pacs_url"] == f"{base}/dicom-web/studies/1.2.3"
+    assert top["viewer_url"] == (f"{base}/app/explorer.html#study?uuid={orthanc_id('P9', '1.2.3')}")

@@ -39,6 +39,9 @@ BASELINE = "efficientnet-lite0"
 # the tune grid without local whitening (never kept on RadBench val) and k-reciprocal
 # re-ranking (a minute per trial on a 2-core CPU): seven folds x every encoder must fit
 LODO_STEPS = ("whiten", "dba", "qe")
+# neighbours per selection query: what ``radsearch search -k 10`` fetches (query
+# expansion re-scores 50 candidates); the held-out figures use evaluate's 100
+SELECTION_K = 10
 SCREEN_STEPS = {"whiten": {"power": 1.0, "shrinkage": 0.1, "dim": 256}}
 
 
@@ -90,6 +93,8 @@ def choose_configuration(
     group_column: str | None = "group_id",
     index_split: str = "train",
     query_split: str = "val",
+    k: int = SELECTION_K,
+    log=None,
 ) -> Choice:
     """Choose an encoder (a key of ``embeddings``, rows aligned with ``table``) and a
     recipe on ``table``'s rows alone: ``index_split`` rows are the index,
@@ -106,16 +111,18 @@ def choose_configuration(
     labels = cols[label_column].astype(str)
     groups = cols[group_column][q] if group_column and group_column in cols else None
     trials = {
-        name: RecipeTrials(v[idx], labels[idx], v[q], labels[q], groups)
+        name: RecipeTrials(v[idx], labels[idx], v[q], labels[q], groups, k=k)
         for name, v in embeddings.items()
     }
-    log: list[str] = []
+    progress, log = log, []
     base = trials[baseline]({})
     screened = []
     for name, t in trials.items():
         best = max(t({}).metrics().sum(), t(SCREEN_STEPS).metrics().sum())
         screened.append((float(best), name))
         log.append(f"screen {name}: best summed P@1 micro+macro+P@10 micro {best:.4f}")
+        if progress:
+            progress("  " + log[-1])
     finalists = [n for _, n in sorted(screened, reverse=True)[:screen]]
     pick = Choice(baseline, {}, base.summary(), base.summary(), None, log)
     best_rank = None
@@ -124,6 +131,8 @@ def choose_configuration(
         d = obj.decide(base, scores)
         kept = ", ".join(f"{a.step}" for a in accepted) or "no step"
         log.append(f"final {name} + {Recipe(steps).describe()} ({kept}): {d.reason or 'accepted'}")
+        if progress:
+            progress("  " + log[-1])
         if d.accept and (best_rank is None or d.rank > best_rank):
             best_rank = d.rank
             pick = Choice(name, steps, scores.summary(), base.summary(), d.confidence, log)
@@ -183,7 +192,10 @@ def leave_one_out(
     for held in sorted(set(values.tolist())):
         keep = values != held
         choice = choose_configuration(
-            _columns(table, keep), {k: np.asarray(v)[keep] for k, v in embeddings.items()}, **choose
+            _columns(table, keep),
+            {k: np.asarray(v)[keep] for k, v in embeddings.items()},
+            log=log,
+            **choose,
         )
         test = (values == held) & (cols["split"].astype(str) == test_split)
         if not test.any():

@@ -124,11 +124,22 @@ def build_index(
         codes = codes_for_new_items(index, result.refs, regions, batch_size, workers, progress)
         added = index.add(result.refs, result.vectors, regions=codes)
         if added:
+            _attach_shipped_recipe(index, model)
             index.save(absorbs_work=True)
         write_failures(index.path, result.failures)
         shutil.rmtree(index.path / WORK, ignore_errors=True)
     recall = (index.manifest.get("store") or {}).get("recall_at_10")
     return BuildReport(index, added, skipped, result.failures, recall)
+
+
+def _attach_shipped_recipe(index, model: str | None) -> None:
+    """A recommended name (``--model radsearch-default``) brings its recipe: attached
+    once, to an index that has none, fitted on the index's own vectors."""
+    from radsearch.encoders.recommended import shipped_recipe
+
+    recipe = shipped_recipe(model)
+    if recipe is not None and not index.manifest.get("recipe"):
+        index.set_recipe(recipe)
 
 
 def _embed(index, new, device, weights, batch_size, workers, progress, engine, options):

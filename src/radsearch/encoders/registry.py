@@ -37,6 +37,7 @@ BUILTIN_FAMILIES = (
     "timm_models",
     "medclip",
     "fusion",
+    "recommended",
 )
 
 
@@ -164,6 +165,13 @@ def weights_available(cfg: EncoderConfig) -> bool:
         return False
 
 
+def recommended_names() -> set[str]:
+    """Names that come with a shipped recipe (:mod:`radsearch.encoders.recommended`)."""
+    from radsearch.encoders.recommended import shipped
+
+    return set(shipped())
+
+
 def list_encoders() -> list[dict]:
     """Every registered encoder with its dim, family and whether its weights are here."""
     rows = []
@@ -179,6 +187,7 @@ def list_encoders() -> list[dict]:
                 "weights_here": weights_available(cfg),
                 "source": cfg.model_id,
                 "description": cfg.description,
+                "recommended": name in recommended_names(),
             }
         )
     return rows

@@ -14,7 +14,7 @@ import numpy as np
 
 from radsearch.errors import RadsearchError
 from radsearch.evaluate import protocol
-from radsearch.studies.aggregate import DEFAULT_METHOD, score_studies
+from radsearch.studies.aggregate import DEFAULT_METHOD, needs_means, score_studies, study_means
 from radsearch.studies.identity import StudyTable
 from radsearch.studies.search import search_space
 
@@ -51,11 +51,11 @@ def study_neighbours(
         raise RadsearchError("an index study has no items")
     db = np.asarray(db_vecs, np.float32)[rows]
     k = min(k, len(i_studies))
+    means = study_means(db, starts) if needs_means(method) else None
     nb = np.empty((len(q_studies), k), np.int64)
     for n, s in enumerate(q_studies):
-        scores = score_studies(
-            np.asarray(q_vecs[q_table.rows(int(s))], np.float32), db, starts, method
-        )
+        q = np.asarray(q_vecs[q_table.rows(int(s))], np.float32)
+        scores = score_studies(q, db, starts, method, means=means)
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         nb[n] = top[np.lexsort((top, -scores[top]))]
     return nb

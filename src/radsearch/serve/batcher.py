@@ -44,6 +44,8 @@ class QueryBatcher:
         self.max_batch = max(1, int(max_batch))
         self.window = max(0.0, float(window))
         self.largest_batch = 0
+        # Held while a batch runs; other users of the encoder (study search) take it too.
+        self.lock = threading.Lock()
         self._queue: queue.Queue[_Query] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="radsearch-batcher", daemon=True)
         self._worker.start()
@@ -77,7 +79,8 @@ class QueryBatcher:
             batch = self._collect()
             self.largest_batch = max(self.largest_batch, len(batch))
             try:
-                self._answer(batch)
+                with self.lock:
+                    self._answer(batch)
             except BaseException as exc:  # every waiting request gets the error
                 for job in batch:
                     if not job.done.done():

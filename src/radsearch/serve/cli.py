@@ -55,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow cross-origin calls from ORIGIN (repeatable; default: none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the query encoder")
+    p.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="torch",
+                   help="query encoder runtime: torch (default: the hits of 'radsearch search' "
+                        "exactly), onnx or auto (ONNX Runtime when faithful: several times "
+                        "faster on the CPU, vectors within 1e-3 cosine)")
     p.add_argument("--batch-max", type=int, default=DEFAULT_MAX_BATCH,
                    help="concurrent searches embedded together, at most (1: one at a time)")
     p.add_argument("--batch-window-ms", type=float, default=DEFAULT_WINDOW * 1000,
@@ -95,6 +99,7 @@ def cmd_serve(args) -> int:
         decode_memory=int(args.decode_memory_mb * 2**20),
         batch_max=args.batch_max,
         batch_window=args.batch_window_ms / 1000,
+        runtime=args.runtime,
     )
     idx = app.state.index
     print(f"radsearch: serving {idx.path} ({idx.count} items, encoder {idx.encoder_name}) "

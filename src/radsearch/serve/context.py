@@ -70,6 +70,11 @@ class ServeContext:
     info: dict = field(default_factory=dict)
     thumbs: LRU = field(default_factory=lambda: LRU(THUMB_CACHE_SIZE))
 
+    @property
+    def search_lock(self) -> threading.Lock:
+        """The encoder's lock: routes that embed outside the batcher hold it."""
+        return self.batcher.lock
+
     def hidden(self) -> set[str]:
         """Columns no response may carry under the current settings."""
         out = set()

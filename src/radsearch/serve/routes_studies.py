@@ -12,6 +12,7 @@ searched. The studies are those of ``radsearch search --study --json``
 from __future__ import annotations
 
 import io
+import threading
 import time
 import zipfile
 from typing import Annotated
@@ -19,12 +20,16 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.exceptions import HTTPException
 
-from radsearch.errors import ImageReadError
+from radsearch.errors import ImageReadError, RadsearchError
 from radsearch.serve.context import ServeContext
 
 # Most items one query study may bring (a longer volume is sampled evenly).
 MAX_STUDY_ITEMS = 256
 MAX_ZIP_MEMBERS = 4096
+# One study search at a time: a study is up to MAX_STUDY_ITEMS encoder inputs at once.
+# (Single-image queries go through the batcher's own thread; encoders and the store
+# may be called from two threads.)
+_STUDY_LOCK = threading.Lock()
 
 
 def router(ctx: ServeContext) -> APIRouter:
@@ -57,7 +62,7 @@ def router(ctx: ServeContext) -> APIRouter:
             why = f" ({skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
             raise HTTPException(422, f"the query study has no readable image{why}")
         t0 = time.perf_counter()
-        with ctx.search_lock:
+        with _STUDY_LOCK:
             result = search_study(
                 ctx.index,
                 images,
@@ -75,7 +80,39 @@ def router(ctx: ServeContext) -> APIRouter:
         out["took_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
+    @api.get("/studies/{study_id:anypath}/items")
+    def study_items(study_id: str) -> dict:
+        """A study's item ids in reading order (instance number, then slice, then row)."""
+        from radsearch.studies.identity import study_table
+
+        table = study_table(ctx.index)
+        try:
+            rows = table.rows(table.find(study_id))
+        except RadsearchError:
+            raise HTTPException(404, "no such study in the index") from None
+        metas = ctx.index.rows(rows)
+        order = sorted(
+            range(len(rows)),
+            key=lambda i: (
+                _number(metas[i].get("instance_number")),
+                _number(_slice(metas[i]["id"])),
+                i,
+            ),
+        )
+        return {"study_id": study_id, "items": [metas[i]["id"] for i in order]}
+
     return api
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _slice(item_id: str) -> str:
+    return item_id.rpartition("=")[2] if "#slice=" in item_id or "#frame=" in item_id else ""
 
 
 def _study_name(files) -> str:

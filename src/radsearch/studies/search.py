@@ -23,8 +23,9 @@ from radsearch.search import PATIENT_COLUMN, QueryResult, filter_rows, knn_rows,
 from radsearch.studies.aggregate import (
     DEFAULT_METHOD,
     check_method,
-    needs_vectors,
+    needs_means,
     score_studies,
+    study_means,
 )
 from radsearch.studies.identity import STUDY_COLUMN, study_table
 
@@ -153,6 +154,19 @@ def search_space(index, qvecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return recipe.transform_query(q, index), cached[1]
 
 
+_MEANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def all_means(index, table, db) -> np.ndarray:
+    """Every study's normalised mean vector in the search space, built once per index state."""
+    key = (index.count, id(index.embeddings), id(index.recipe))
+    cached = _MEANS.get(index)
+    if cached is None or cached[0] != key:
+        cached = (key, study_means(np.asarray(db)[table.order], table.starts))
+        _MEANS[index] = cached
+    return cached[1]
+
+
 def _candidates(index, table, qvecs, k, allowed_rows) -> np.ndarray:
     pool = index.count if allowed_rows is None else len(allowed_rows)
     if pool <= EXACT_LIMIT:
@@ -255,8 +269,11 @@ def rank_studies(
     q, db = search_space(index, qvecs)
     # Cosines against the whole store then a column gather: cheaper than gathering vectors.
     sims = (q @ db.T)[:, rows] if len(rows) * 2 > len(db) else q @ db[rows].T
-    vectors = db[rows] if needs_vectors(method) else None
-    scores = score_studies(q, vectors, starts, method, sims=sims)
+    means = None
+    if needs_means(method):
+        means = all_means(index, table, db)[cands] if allowed is None else None
+        means = study_means(db[rows], starts) if means is None else means
+    scores = score_studies(q, None, starts, method, sims=sims, means=means)
     ends = np.append(starts[1:], len(rows))
     hits, patients = [], set()
     for j in np.argsort(-scores, kind="stable"):
@@ -311,7 +328,22 @@ def study_metadata(index, rows) -> dict:
         values = Counter(m[col] for m in metas if m.get(col) not in ("", None))
         if values:
             out[col] = values.most_common(1)[0][0]
-    return out
+    return pacs_links(out)
+
+
+def pacs_links(meta: dict) -> dict:
+    """A PACS study's links point at the study, not at one of its instances:
+    ``pacs_url`` becomes the DICOMweb study URL, ``viewer_url`` Orthanc's study page."""
+    url, study = meta.get("pacs_url", ""), meta.get("study_uid", "")
+    if url and study and f"/studies/{study}/" in url:
+        meta["pacs_url"] = url.split(f"/studies/{study}/")[0] + f"/studies/{study}"
+    viewer, patient = meta.get("viewer_url", ""), meta.get("patient_id", "")
+    if viewer and study and "/app/explorer.html#" in viewer:
+        from radsearch.io.dicomweb import orthanc_id
+
+        base = viewer.split("/app/explorer.html#")[0]
+        meta["viewer_url"] = f"{base}/app/explorer.html#study?uuid={orthanc_id(patient, study)}"
+    return meta
 
 
 def group_by_study(index, qvecs, k: int = 10, names=None, **options) -> list[QueryResult]:

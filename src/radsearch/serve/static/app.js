@@ -140,6 +140,15 @@
     search();
   }
 
+  // Study mode (study.js) takes every chosen file; otherwise the first is the query.
+  function chooseFiles(files) {
+    if (window.radsearchStudy && window.radsearchStudy.active()) {
+      window.radsearchStudy.choose(files);
+    } else {
+      chooseFile(files[0]);
+    }
+  }
+
   function updateButton() {
     $("search-btn").disabled = !state.file;
   }
@@ -154,7 +163,7 @@
         input.click();
       }
     });
-    input.addEventListener("change", () => chooseFile(input.files[0]));
+    input.addEventListener("change", () => chooseFiles(input.files));
     drop.addEventListener("dragover", (ev) => {
       ev.preventDefault();
       drop.classList.add("over");
@@ -163,12 +172,13 @@
     drop.addEventListener("drop", (ev) => {
       ev.preventDefault();
       drop.classList.remove("over");
-      if (ev.dataTransfer && ev.dataTransfer.files.length) chooseFile(ev.dataTransfer.files[0]);
+      if (ev.dataTransfer && ev.dataTransfer.files.length) chooseFiles(ev.dataTransfer.files);
     });
   }
 
   // -- searching ----------------------------------------------------------------------
   async function search() {
+    if (window.radsearchStudy && window.radsearchStudy.active()) return window.radsearchStudy.search();
     if (!state.file) return;
     const form = new FormData();
     form.append("file", state.file, state.file.name);
@@ -349,6 +359,8 @@
       loadInfo();
     });
   }
+
+  window.radsearch = { apiJson, loadImage, setStatus, firstOf, LABEL_KEYS };
 
   document.addEventListener("DOMContentLoaded", () => {
     wireDrop();
