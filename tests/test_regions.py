@@ -78,7 +78,7 @@ def test_index_keeps_compact_region_features(planted):
     root, _ = planted
     index = Index.open(root / "index")
     spec = index.manifest["regions"]
-    assert spec["grid"] == [7, 7] and spec["layer"] == "head" and spec["codec"] == "fp16"
+    assert spec["grid"] == [14, 14] and spec["layer"] == "b10" and spec["codec"] == "sq8"
     store = require(index)
     assert len(store) == index.count == 10
     assert store.nbytes_per_item() <= 16 * 1024

@@ -68,7 +68,7 @@ def test_explain_map_peaks_on_the_planted_shared_patch(shared):
     root, index = shared
     query = np.asarray(Image.open(root / "query.png").convert("RGB"))
     maps = similarity_maps(index, query, "hit.png")
-    assert np.asarray(maps["hit"]["map"]).shape == (7, 7)
+    assert np.asarray(maps["hit"]["map"]).shape == (14, 14)
     qx, qy = maps["query"]["peak"]
     hx, hy = maps["hit"]["peak"]
     assert QUERY_PATCH[0] <= qx < QUERY_PATCH[2] and QUERY_PATCH[1] <= qy < QUERY_PATCH[3], maps

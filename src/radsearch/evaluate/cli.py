@@ -56,6 +56,8 @@ def cmd_evaluate(args) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         study_column=args.study_column,
+        roi_csv=args.roi_csv,
+        region_grids=args.region_grids,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # runner prints its own one-line warnings
@@ -144,6 +146,10 @@ def register(sub) -> None:
         "--cache-dir", help="embedding cache for --model (default ~/.cache/radsearch/evaluate)"
     )
     p.add_argument("--recipe", help="retrieval recipe JSON to apply to the index")
+    p.add_argument("--roi-csv", metavar="ROI.csv",
+                   help="box table (filepath,x0,y0,x1,y1,label,split): region, localisation, "
+                        "explain and feedback metrics (docs/regions.md)")
+    p.add_argument("--region-grids", metavar="DIR", help="with --roi-csv: a cached grid directory")
     p.add_argument(
         "--index-fractions",
         default="0.01,0.1,0.25,0.5,1",

@@ -68,6 +68,8 @@ class EvalOptions:
     workers: int | None = None
     progress: bool = True
     study_column: str | None = None  # studies as queries too (radsearch.evaluate.studies)
+    roi_csv: str | None = None  # region metrics (radsearch.regions.evaluate)
+    region_grids: str | None = None  # a grid cache for them (else computed)
 
 
 def _log(opts: EvalOptions, msg: str) -> None:
@@ -390,6 +392,10 @@ def run_evaluation(opts: EvalOptions) -> dict:
         from radsearch.evaluate.studies import study_step
 
         study_step(opts, data, metrics, index)
+    if opts.roi_csv:
+        from radsearch.regions.evaluate import roi_step
+
+        roi_step(opts, data, metrics, index)
     write_tables(opts, data, metrics, col_metrics, out)
     map_data = run_analyses(opts, data, metrics, k)
     (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))

@@ -16,17 +16,17 @@ def add_region_args(p) -> None:
     )
     g.add_argument(
         "--relevant",
-        nargs="+",
+        action="append",
         default=[],
-        metavar="ID",
-        help="relevance feedback: ids of hits that are right (re-queries with them)",
+        metavar="ID[,ID...]",
+        help="relevance feedback: ids of hits that are right (repeatable; re-queries with them)",
     )
     g.add_argument(
         "--irrelevant",
-        nargs="+",
+        action="append",
         default=[],
-        metavar="ID",
-        help="relevance feedback: ids of hits that are wrong",
+        metavar="ID[,ID...]",
+        help="relevance feedback: ids of hits that are wrong (repeatable)",
     )
 
 
@@ -37,10 +37,12 @@ def region_options(args) -> dict:
     out = {}
     if getattr(args, "roi", None):
         out["roi"] = parse_box(args.roi)
-    if getattr(args, "relevant", None):
-        out["relevant"] = list(args.relevant)
-    if getattr(args, "irrelevant", None):
-        out["irrelevant"] = list(args.irrelevant)
+    for name in ("relevant", "irrelevant"):
+        ids = [
+            i.strip() for v in getattr(args, name, None) or [] for i in v.split(",") if i.strip()
+        ]
+        if ids:
+            out[name] = ids
     return out
 
 

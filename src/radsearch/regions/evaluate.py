@@ -21,7 +21,7 @@ from radsearch.errors import RadsearchError
 from radsearch.evaluate import protocol
 from radsearch.regions.explain import peak
 from radsearch.regions.feedback import rocchio
-from radsearch.regions.query import rank_region, window_box
+from radsearch.regions.query import cell_similarity, rank_region, roi_vector, window_box
 
 ROI_COLUMNS = ("filepath", "x0", "y0", "x1", "y1", "label", "split")
 KS = (1, 3, 5, 10)
@@ -46,7 +46,9 @@ def read_roi_csv(path) -> list[dict]:
             raise RadsearchError(f"{path}: line {n}: box coordinates are not numbers") from None
         if box[2] <= box[0] or box[3] <= box[1]:
             raise RadsearchError(f"{path}: line {n}: empty or inverted box {box}")
-        out.append({"filepath": r["filepath"], "box": box, "label": r["label"], "split": r["split"]})
+        out.append(
+            {"filepath": r["filepath"], "box": box, "label": r["label"], "split": r["split"]}
+        )
     return out
 
 
@@ -67,10 +69,17 @@ def region_runs(index, store, queries, k: int, global_weight: float):
     """Per query (``qgrid, roi, size, qvec``): top-k rows and their match boxes."""
     rows_out, boxes_out = [], []
     for qgrid, roi, size, qvec in queries:
-        _, rows, shape_i, pos = rank_region(index, store, qgrid, roi, size, qvec, None, global_weight)
+        _, rows, shape_i, pos = rank_region(
+            index, store, qgrid, roi, size, qvec, None, global_weight
+        )
         rows_out.append(rows[:k])
-        boxes_out.append([window_box(store, int(r), int(s), int(p))
-                          for r, s, p in zip(rows[:k], shape_i[:k], pos[:k], strict=True)])
+        qr = roi_vector(store, qgrid, roi, *size)
+        boxes_out.append(
+            [
+                window_box(store, int(r), int(s), int(p), qr)
+                for r, s, p in zip(rows[:k], shape_i[:k], pos[:k], strict=True)
+            ]
+        )
     return np.asarray(rows_out), boxes_out
 
 
@@ -91,9 +100,6 @@ def localisation(rows, boxes, qcodes, icodes, table_boxes, ks=(1, 5, 10)) -> dic
 
 def pointing_game(store, queries, rows, qcodes, icodes, table_boxes, top: int = 5) -> float | None:
     """Hit-side heat-map peak (cosine of hit cells with the ROI vector) inside a box."""
-    from radsearch.regions.query import roi_vector
-
-    gh, gw = store.grid
     good = total = 0
     for q, (qgrid, roi, size, _) in enumerate(queries):
         qr = roi_vector(store, qgrid, roi, *size)
@@ -101,10 +107,8 @@ def pointing_game(store, queries, rows, qcodes, icodes, table_boxes, top: int = 
             r = int(r)
             if icodes[r] != qcodes[q] or r not in table_boxes:
                 continue
-            cells = store.cells([r])[0]
-            sim = (cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)) @ qr
             w, h = (int(v) for v in store.sizes[r])
-            x, y = peak(store, sim.reshape(gh, gw), w, h)
+            x, y = peak(store, cell_similarity(store, r, qr), w, h)
             total += 1
             good += _inside(x, y, table_boxes[r])
     return round(good / total, 4) if total else None
@@ -118,7 +122,9 @@ def precision(rows, qcodes, icodes, ks=KS) -> dict:
     }
 
 
-def feedback_precision(index, qvecs, qcodes, icodes, rounds: int = 2, k: int = 10, **weights) -> dict:
+def feedback_precision(
+    index, qvecs, qcodes, icodes, rounds: int = 2, k: int = 10, **weights
+) -> dict:
     """P@k after 0..rounds rounds of simulated feedback (top k marked by label)."""
     from radsearch.search import knn_rows
 
@@ -131,11 +137,115 @@ def feedback_precision(index, qvecs, qcodes, icodes, rounds: int = 2, k: int = 1
         if rnd == rounds:
             break
         marked = icodes[rows] == qcodes[:, None]
-        q = np.stack([
-            rocchio(q[i][None], emb[rows[i][marked[i]]], emb[rows[i][~marked[i]]], **weights)[0]
-            for i in range(len(q))
-        ])
+        q = np.stack(
+            [
+                rocchio(q[i][None], emb[rows[i][marked[i]]], emb[rows[i][~marked[i]]], **weights)[0]
+                for i in range(len(q))
+            ]
+        )
     return {
         "micro": {r: v["micro"][str(k)] for r, v in out.items()},
         "macro": {r: v["macro"][str(k)] for r, v in out.items()},
     }
+
+
+def grids_from_cache(grid_dir, layer: str, ids: list[str]) -> dict:
+    """``{id: raw grid}`` from a chunk cache (``chunk-*.npz``: ``ids`` + one map per layer)."""
+    want, out = set(ids), {}
+    for f in sorted(Path(grid_dir).glob("chunk-*.npz")):
+        with np.load(f) as z:
+            names = z["ids"].tolist()
+            keep = [i for i, v in enumerate(names) if v in want]
+            if keep:
+                maps = z[layer]
+                out.update({names[i]: maps[i] for i in keep})
+    missing = want - set(out)
+    if missing:
+        raise RadsearchError(
+            f"{grid_dir}: grid cache lacks {len(missing)} item(s), e.g. {min(missing)}"
+        )
+    return out
+
+
+def attach_store(index, refs, encoder, grid_dir=None, progress: bool = False):
+    """Give an evaluation index (``refs`` row-aligned) region features; returns the store."""
+    from radsearch.io.items import load_pixels
+    from radsearch.regions.extract import extract_codes
+    from radsearch.regions.features import region_spec, store_of
+
+    index.manifest["regions"] = region_spec(encoder)
+    store = store_of(index)
+    if grid_dir is None:
+        codes, sizes = extract_codes(store, refs, encoder, progress=progress)
+    else:
+        grids = grids_from_cache(grid_dir, store.spec["layer"], [r.id for r in refs])
+        sample = np.random.default_rng(0).choice(len(refs), min(1500, len(refs)), replace=False)
+        store.fit(np.stack([grids[refs[i].id] for i in sample]).astype(np.float32))
+        codes = np.concatenate(
+            [
+                store.encode(np.stack([grids[r.id] for r in refs[i : i + 256]]).astype(np.float32))
+                for i in range(0, len(refs), 256)
+            ]
+        )
+        sizes = np.asarray([load_pixels(r).shape[1::-1] for r in refs], np.int32)
+    store.append_codes(codes, sizes)
+    return store
+
+
+def roi_step(opts, data, metrics: dict, index) -> None:
+    """``evaluate --roi-csv``: the region, localisation, explain and feedback metrics."""
+    from radsearch.encoders import create_encoder
+    from radsearch.io.items import load_pixels
+    from radsearch.regions.query import GLOBAL_WEIGHT
+
+    table = read_roi_csv(opts.roi_csv)
+    encoder = create_encoder(data.config)
+    store = attach_store(index, data.index_refs, encoder, opts.region_grids, opts.progress)
+    qrow = {r.id: i for i, r in enumerate(data.query_refs)}
+    rois = [r for r in table if r["split"] == opts.query_split and r["filepath"] in qrow]
+    if not rois:
+        raise RadsearchError(
+            f"{opts.roi_csv}: no box of the {opts.query_split!r} split is a query row"
+        )
+    cache = (
+        grids_from_cache(
+            opts.region_grids, store.spec["layer"], sorted({r["filepath"] for r in rois})
+        )
+        if opts.region_grids
+        else {}
+    )
+    queries = []
+    for r in rois:
+        ref = data.query_refs[qrow[r["filepath"]]]
+        rgb = load_pixels(ref)
+        raw = cache.get(ref.id)
+        if raw is None:
+            raw = encoder.feature_grid(
+                encoder.collate([encoder.preprocess(rgb)]), store.spec["layer"]
+            )[0]
+        queries.append(
+            (
+                store.project(np.asarray(raw, np.float32)),
+                r["box"],
+                rgb.shape[1::-1],
+                data.qvecs[qrow[r["filepath"]]],
+            )
+        )
+    col = opts.label_columns[0]
+    qv, iv = data.column(col)
+    (qcodes, icodes, rcodes), _ = protocol.encode_labels(qv, iv, [r["label"] for r in rois])
+    from radsearch.search import knn_rows
+
+    nb, boxes = region_runs(index, store, queries, 10, GLOBAL_WEIGHT)
+    _, whole = knn_rows(index, np.stack([q[3] for q in queries]), 10)
+    tb = boxes_by_row(index, table)
+    metrics["roi"] = {
+        "queries": len(rois),
+        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec")}
+        | {"global_weight": GLOBAL_WEIGHT},
+        "precision_at_k": precision(nb, rcodes, icodes),
+        "whole_image_precision_at_k": precision(whole, rcodes, icodes),
+        "localisation_at_k": localisation(nb, boxes, rcodes, icodes, tb),
+    }
+    metrics["explain"] = {"pointing_game": pointing_game(store, queries, nb, rcodes, icodes, tb)}
+    metrics["feedback"] = {"precision_at_10": feedback_precision(index, data.qvecs, qcodes, icodes)}

@@ -15,7 +15,14 @@ import numpy as np
 from radsearch.errors import RadsearchError
 from radsearch.regions import geometry
 from radsearch.regions.features import require
-from radsearch.regions.query import best_windows, query_grid, roi_vector, window_box
+from radsearch.regions.query import (
+    best_windows,
+    query_grid,
+    refined_peak,
+    roi_extent,
+    roi_vector,
+    window_box,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -23,13 +30,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def peak(store, sim: np.ndarray, width: int, height: int) -> list[int]:
-    """Centre of the best cell of an ``H x W`` map, in image pixels."""
-    r, c = np.unravel_index(int(np.argmax(sim)), sim.shape)
+    """Sub-cell peak of an ``H x W`` map (``refined_peak``), in image pixels."""
+    r, c = refined_peak(sim)
     spec = store.spec
     x0, y0, x1, y1 = geometry.cells_to_image(
-        (c, r, c + 1, r + 1), width, height, spec["input_size"], spec["resize"], store.grid
+        (c, r, c, r), width, height, spec["input_size"], spec["resize"], store.grid
     )
-    return [(x0 + x1) // 2, (y0 + y1) // 2]
+    return [int(x0), int(y0)]
 
 
 def hit_ref(index, row: int):
@@ -63,8 +70,9 @@ def similarity_maps(index, image: np.ndarray, hit_id: str, roi=None) -> dict:
         roi = geometry.check_box(roi, qw, qh, "roi")
         qr = roi_vector(store, qgrid, roi, qw, qh)
         hit_map = hn @ qr
-        score, shape_i, pos = best_windows(store, qr, np.asarray([row]))
-        box = window_box(store, row, int(shape_i[0]), int(pos[0]))
+        limit = roi_extent(store, roi, (qw, qh))
+        score, shape_i, pos = best_windows(store, qr, np.asarray([row]), limit)
+        box = window_box(store, row, int(shape_i[0]), int(pos[0]), qr)
         a, b = box_cells(store, row, box)
         win = _unit(hgrid[a[0] : a[1], b[0] : b[1]].reshape(-1, hgrid.shape[-1]).sum(axis=0))
         query_map = qn @ win

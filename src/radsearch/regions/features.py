@@ -1,9 +1,9 @@
 """The region store: a compact grid of local features per indexed item.
 
-At index time the encoder's spatial output (``Encoder.feature_grid``: e.g. the 7x7
-head map of EfficientNet-Lite0) is reduced with a PCA fitted on the index's own cells
-and stored as fp16 (default, 7x7x128 = 12.25 KiB per item) or int8 codes (``sq8``:
-for large archives, e.g. 7x7x48 = 2.3 KiB). Files in the index directory:
+At index time the encoder's spatial output (``Encoder.feature_grid``: by default the
+14x14 block-10 map of EfficientNet-Lite0) is reduced with a PCA fitted on the index's
+own cells and stored as int8 codes per channel (default ``sq8``, 14x14x64 = 12.25 KiB
+per item) or fp16; for large archives e.g. the 7x7 head map x 48 int8 = 2.3 KiB. Files in the index directory:
 ``regions.npy`` (N x H x W x D codes, memory-mapped on open), ``regions_sizes.npy``
 (N x 2 stored image width/height, to map cells back to pixels) and
 ``regions_state.npz`` (PCA mean/components, int8 scales). The grid geometry is in
@@ -23,7 +23,8 @@ from radsearch.errors import IndexFormatError, RadsearchError
 CODES = "regions.npy"
 SIZES = "regions_sizes.npy"
 STATE = "regions_state.npz"
-DEFAULT = {"layer": "head", "dim": 128, "codec": "fp16"}
+# chosen on RadBench val (docs/regions.md): Lite0 block 10 (14x14 at 224 px), PCA 64, int8
+DEFAULT = {"layer": "b10", "dim": 64, "codec": "sq8", "windows": [1, 2, 3, 4, 6], "fit_roi": True}
 CODECS = ("fp16", "sq8")
 FIT_CELLS = 16_000  # cells sampled to fit the PCA (X^T X of C x C stays cheap)
 
@@ -44,6 +45,8 @@ def region_spec(
         "resize": cfg.resize,
         "grid": None,  # set from the first grids
         "channels": None,
+        "windows": list(DEFAULT["windows"]),
+        "fit_roi": DEFAULT["fit_roi"],
     }
 
 
@@ -117,7 +120,9 @@ class RegionStore:
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: damaged region features ({exc})") from None
         if len(codes) != count or len(sizes) != count:
-            raise IndexFormatError(f"{path}: region features hold {len(codes)} items, expected {count}")
+            raise IndexFormatError(
+                f"{path}: region features hold {len(codes)} items, expected {count}"
+            )
         codec = Codec(st["mean"], st["components"], st.get("lo"), st.get("scale"), spec["codec"])
         return cls(spec, codec, codes, sizes)
 

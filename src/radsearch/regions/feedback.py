@@ -13,7 +13,7 @@ import numpy as np
 
 from radsearch.errors import RadsearchError
 
-ALPHA, BETA, GAMMA = 1.0, 0.8, 0.3
+ALPHA, BETA, GAMMA = 1.0, 0.8, 0.6
 
 
 def marked_rows(index, ids, what: str) -> np.ndarray:

@@ -33,11 +33,14 @@ def window_shapes(store) -> list[tuple[int, int]]:
     return [(a, b) for a in sizes for b in sizes if a <= gh and b <= gw]
 
 
-def _box_sums(x: np.ndarray, a: int, b: int) -> np.ndarray:
-    """``N x H x W (x D)`` -> sums over every ``a x b`` window, ``N x (H-a+1) x (W-b+1) (x D)``."""
+def _integral(x: np.ndarray) -> np.ndarray:
+    """Summed-area table of ``N x H x W (x D)``, zero-padded: ``N x (H+1) x (W+1) (x D)``."""
     c = np.cumsum(np.cumsum(x, axis=1), axis=2)
-    pad = [(0, 0), (1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 3)
-    c = np.pad(c, pad)
+    return np.pad(c, [(0, 0), (1, 0), (1, 0)] + [(0, 0)] * (x.ndim - 3))
+
+
+def _window_sums(c: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Sums over every ``a x b`` window from a summed-area table."""
     return c[:, a:, b:] - c[:, :-a, b:] - c[:, a:, :-b] + c[:, :-a, :-b]
 
 
@@ -50,9 +53,10 @@ def window_norms(store) -> dict:
         norms = {s: [] for s in window_shapes(store)}
         for i in range(0, len(cells), 512):
             g = cells[i : i + 512].reshape(-1, gh, gw, cells.shape[-1])
+            tab = _integral(g)
             for a, b in norms:
                 norms[(a, b)].append(
-                    np.linalg.norm(_box_sums(g, a, b), axis=-1).reshape(len(g), -1)
+                    np.linalg.norm(_window_sums(tab, a, b), axis=-1).reshape(len(g), -1)
                 )
         cache["norms"] = {
             s: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for s, v in norms.items()
@@ -60,19 +64,25 @@ def window_norms(store) -> dict:
     return cache["norms"]
 
 
-def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None):
-    """Best window per item: ``(score N, shape index N, position N)``."""
+def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=None):
+    """Best window per item: ``(score N, shape index N, position N)``.
+
+    ``limit`` ``(rows, cols)``: only windows no larger than this (the ROI's extent in
+    cells, with ``spec["fit_roi"]``: keeps the match box near the finding's size)."""
     gh, gw = store.grid
     cells = store.cells()
     dots = (cells @ qr) if rows is None else (cells[rows] @ qr)
     dots = dots.reshape(-1, gh, gw)
+    table = _integral(dots)
     norms = window_norms(store)
     best = np.full(len(dots), -np.inf, np.float32)
     shape_i = np.zeros(len(dots), np.int64)
     pos = np.zeros(len(dots), np.int64)
     for si, (a, b) in enumerate(window_shapes(store)):
+        if limit is not None and (a > limit[0] or b > limit[1]):
+            continue
         n = norms[(a, b)] if rows is None else norms[(a, b)][rows]
-        s = _box_sums(dots, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
+        s = _window_sums(table, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
         j = s.argmax(axis=1)
         v = s[np.arange(len(s)), j]
         better = v > best
@@ -80,19 +90,48 @@ def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None):
     return best, shape_i, pos
 
 
-def window_box(store, row: int, shape_i: int, pos: int) -> list[int]:
-    """The window's box in the stored item's pixels."""
+def _vertex(left: float, mid: float, right: float) -> float:
+    """Offset (-0.5..0.5) of the top of the parabola through three samples."""
+    den = left - 2 * mid + right
+    return 0.0 if den >= 0 else float(np.clip(0.5 * (left - right) / den, -0.5, 0.5))
+
+
+def refined_peak(sim: np.ndarray, window=None) -> tuple[float, float]:
+    """Sub-cell peak ``(row, col)`` in cell units (cell centres at +0.5) of an ``H x W``
+    map, restricted to ``window`` ``(r0, c0, rows, cols)``: parabolic fit around the
+    best cell, so the point is finer than the grid."""
+    gh, gw = sim.shape
+    r0, c0, a, b = window or (0, 0, gh, gw)
+    i, j = np.unravel_index(int(np.argmax(sim[r0 : r0 + a, c0 : c0 + b])), (a, b))
+    r, c = r0 + i, c0 + j
+    dy = _vertex(sim[r - 1, c], sim[r, c], sim[r + 1, c]) if 0 < r < gh - 1 else 0.0
+    dx = _vertex(sim[r, c - 1], sim[r, c], sim[r, c + 1]) if 0 < c < gw - 1 else 0.0
+    return r + 0.5 + dy, c + 0.5 + dx
+
+
+def cell_similarity(store, row: int, qr: np.ndarray) -> np.ndarray:
+    """``H x W`` cosine of item ``row``'s cells with the ROI vector."""
+    cells = store.cells([row])[0]
+    sim = (cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)) @ qr
+    return sim.reshape(store.grid)
+
+
+def window_box(store, row: int, shape_i: int, pos: int, qr: np.ndarray | None = None) -> list[int]:
+    """The window's box in the stored item's pixels; with ``qr``, the same-sized box
+    centred on the sub-cell similarity peak inside the window (the ``match_box``)."""
     gh, gw = store.grid
     a, b = window_shapes(store)[shape_i]
     r0, c0 = divmod(int(pos), gw - b + 1)
     width, height = (int(v) for v in store.sizes[row])
+    cbox = (c0, r0, c0 + b, r0 + a)
+    if qr is not None:
+        cy, cx = refined_peak(cell_similarity(store, row, qr), (r0, c0, a, b))
+        x0 = float(np.clip(cx - b / 2, 0, gw - b))
+        y0 = float(np.clip(cy - a / 2, 0, gh - a))
+        cbox = (x0, y0, x0 + b, y0 + a)
+    spec = store.spec
     return geometry.cells_to_image(
-        (c0, r0, c0 + b, r0 + a),
-        width,
-        height,
-        store.spec["input_size"],
-        store.spec["resize"],
-        store.grid,
+        cbox, width, height, spec["input_size"], spec["resize"], store.grid
     )
 
 
@@ -112,6 +151,17 @@ def roi_vector(store, qgrid: np.ndarray, roi, width: int, height: int) -> np.nda
     w = geometry.cell_weights(cbox, store.grid)
     v = (qgrid * w[..., None]).sum(axis=(0, 1)) / w.sum()
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def roi_extent(store, roi, size) -> tuple[int, int] | None:
+    """Largest window (rows, cols) for this ROI when ``spec["fit_roi"]``, else None."""
+    spec = store.spec
+    if not spec.get("fit_roi"):
+        return None
+    c0, r0, c1, r1 = geometry.image_to_cells(
+        roi, *size, spec["input_size"], spec["resize"], store.grid
+    )
+    return max(1, int(np.ceil(r1 - r0 - 0.25))), max(1, int(np.ceil(c1 - c0 - 0.25)))
 
 
 def load_query_images(queries) -> tuple[list[str], list[np.ndarray]]:
@@ -135,7 +185,7 @@ def rank_region(index, store, qgrid, roi, size, qvec, rows_allowed, global_weigh
 
     ``qgrid``: the query's projected grid; ``size``: its image's (width, height)."""
     qr = roi_vector(store, qgrid, roi, *size)
-    score, shape_i, pos = best_windows(store, qr, rows_allowed)
+    score, shape_i, pos = best_windows(store, qr, rows_allowed, roi_extent(store, roi, size))
     rows = np.arange(index.count) if rows_allowed is None else rows_allowed
     if global_weight:
         emb = index.embeddings if rows_allowed is None else index.embeddings[rows]
@@ -185,7 +235,10 @@ def search_regions(
             continue
         size = (im.shape[1], im.shape[0])
         qgrid = query_grid(index, store, im)
-        scores, rows, shape_i, pos = rank_region(index, store, qgrid, roi, size, qv, rows_allowed, gw)
+        qr = roi_vector(store, qgrid, roi, *size)
+        scores, rows, shape_i, pos = rank_region(
+            index, store, qgrid, roi, size, qv, rows_allowed, gw
+        )
         fetch = min(len(rows), 10 * k if has_patient else k)
         while True:
             hits = _collect(index, scores[:fetch], rows[:fetch], k, has_patient)
@@ -195,7 +248,7 @@ def search_regions(
         at = {int(r): i for i, r in enumerate(rows[:fetch])}
         for h in hits:
             i = at[index.row_of(h.id)]
-            h.match_box = window_box(store, int(rows[i]), int(shape_i[i]), int(pos[i]))
+            h.match_box = window_box(store, int(rows[i]), int(shape_i[i]), int(pos[i]), qr)
         results.append(QueryResult(name, hits))
     if suggest:
         column = suggest if suggest in index.items.column_names else None
