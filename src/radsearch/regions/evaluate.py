@@ -128,6 +128,7 @@ def feedback_precision(
     """P@k after 0..rounds rounds of simulated feedback (top k marked by label)."""
     from radsearch.search import knn_rows
 
+    k = min(k, index.count)
     q = np.asarray(qvecs, np.float32)
     emb = np.asarray(index.embeddings)
     out = {}
