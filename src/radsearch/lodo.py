@@ -70,7 +70,8 @@ class Choice:
     log: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{self.encoder} + {Recipe(self.steps).describe()}"
+        recipe = Recipe(self.steps).describe()
+        return f"{self.encoder} + {recipe}" if self.encoder else f"recipe {recipe}"
 
     def key(self) -> str:
         return json.dumps([self.encoder, self.steps], sort_keys=True)
@@ -261,7 +262,7 @@ def lodo_recipe(
     *,
     grid="default",
     objective="robust",
-    encoder: str = "encoder",
+    encoder: str = "",
 ):
     """``tune --lodo-column``: one encoder, the recipe chosen leaving each value out.
 

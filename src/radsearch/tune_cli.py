@@ -79,35 +79,7 @@ def cmd_tune(args) -> int:
     print(_objective_line(args.objective, len(val_refs), groups), file=sys.stderr)
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr))
     if args.lodo_column:
-        from radsearch.lodo import format_table, lodo_recipe
-
-        vi = [str(r.metadata.get(args.lodo_column, "")) for r in idx_refs]
-        vv = [str(r.metadata.get(args.lodo_column, "")) for r in val_refs]
-        if len(set(vv) - {""}) < 2:
-            raise RadsearchError(
-                f"{args.source}: --lodo-column needs a {args.lodo_column!r} column with at "
-                f"least two values among the {args.val_split} rows"
-            )
-        choice, folds, whole = lodo_recipe(
-            xi,
-            li,
-            vi,
-            xv,
-            lv,
-            vv,
-            groups,
-            grid=args.grid,
-            objective=args.objective,
-            encoder=model,
-        )
-        print(f"leaving each {args.lodo_column} out ({args.val_split} figures):", file=sys.stderr)
-        print(format_table(folds, baseline="no recipe"), file=sys.stderr)
-        recipe = Recipe(choice.steps) if choice.steps else None
-        best, plain = whole["chosen"], whole["plain"]
-        trials = [
-            {"held_out": f.held_out, "steps": f.choice.steps, "plain": f.plain, "chosen": f.chosen}
-            for f in folds
-        ]
+        recipe, best, plain, trials = _tune_lodo(args, idx_refs, xi, li, val_refs, xv, lv, groups)
     else:
         recipe, best, trials = tune_recipe(
             xi, li, xv, lv, args.grid, log=log, objective=args.objective, groups=groups
@@ -148,6 +120,32 @@ def cmd_tune(args) -> int:
         f"wrote {args.out}"
     )
     return 0
+
+
+def _tune_lodo(args, idx_refs, xi, li, val_refs, xv, lv, groups):
+    """``--lodo-column``: the recipe chosen leaving each value out; prints the folds.
+    Returns ``(recipe, whole-val figures, plain figures, one record per fold)``."""
+    from radsearch.lodo import format_table, lodo_recipe
+
+    col = args.lodo_column
+    vi = [str(r.metadata.get(col, "")) for r in idx_refs]
+    vv = [str(r.metadata.get(col, "")) for r in val_refs]
+    if len(set(vv) - {""}) < 2:
+        raise RadsearchError(
+            f"{args.source}: --lodo-column needs a {col!r} column with at least two "
+            f"values among the {args.val_split} rows"
+        )
+    choice, folds, whole = lodo_recipe(
+        xi, li, vi, xv, lv, vv, groups, grid=args.grid, objective=args.objective
+    )
+    print(f"leaving each {col} out ({args.val_split} figures):", file=sys.stderr)
+    print(format_table(folds, baseline="no recipe"), file=sys.stderr)
+    records = [
+        {"held_out": f.held_out, "steps": f.choice.steps, "plain": f.plain, "chosen": f.chosen}
+        for f in folds
+    ]
+    recipe = Recipe(choice.steps) if choice.steps else None
+    return recipe, whole["chosen"], whole["plain"], records
 
 
 def _groups(refs, column: str | None):
