@@ -26,6 +26,8 @@ PINNED = {
     "medclip": "3d22641b816092f8",
     "medsam-vit-b": "f46f82366b2bf64a",
     "rad-dino": "87c5328c580827ed",
+    # the recommended name resolves to the deep-eq fusion: the same vectors, the same hash
+    "radsearch-default": "9df715476be243e2",
     "resnet50": "bad4bdd57dec02a9",
     "sam-vit-b": "40aa925d20137b96",
     "vit-b16": "8471609e49354672",
