@@ -183,3 +183,27 @@ def test_region_features_follow_add_and_remove(planted, tmp_path, one_torch_thre
     hits = index.search(str(root / "query.png"), k=2, roi=QUERY_PATCH)[0].hits
     assert [h.id for h in hits] == ["query-copy.png", "right.png"]
     assert inside(hits[0].match_box, QUERY_PATCH) and inside(hits[1].match_box, PATCH)
+
+
+def test_fusion_region_grid_joins_its_members(one_torch_thread):
+    from radsearch.encoders import create_encoder
+
+    enc = create_encoder("lite0+lite2")
+    assert enc.has_spatial
+    img = (texture("rings", 1) * 255).astype(np.uint8)
+    grid = enc.feature_grid(enc.collate([enc.preprocess(np.stack([img] * 3, -1))]), "b10")
+    # Lite0 b10: 14x14x112 at 224 px; Lite2 b10 (260 px, 88 ch) resampled onto it
+    assert grid.shape == (1, 14, 14, 112 + 88)
+    assert np.allclose(np.linalg.norm(grid[0, 3, 4, :112]), 1, atol=1e-4)
+
+
+def test_encoder_without_spatial_output_says_so():
+    import torch
+
+    from radsearch.encoders import Encoder, get_config
+    from radsearch.errors import EncoderError
+
+    enc = Encoder(get_config("efficientnet-lite0").replace(name="pooled-only"), torch.nn.Identity())
+    assert not enc.has_spatial
+    with pytest.raises(EncoderError, match="'pooled-only' has no spatial output"):
+        enc.feature_grid(np.zeros((1, 3, 8, 8), np.float32))

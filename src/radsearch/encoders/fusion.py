@@ -135,6 +135,31 @@ class FusionEncoder(Encoder):
             np.float32
         )
 
+    @property
+    def has_spatial(self) -> bool:
+        return all(m.has_spatial for m in self.members)
+
+    def feature_grid(self, batch, layer: str | None = None) -> np.ndarray:
+        """The members' grids (region features) on the first member's grid, each cell's
+        block L2-normalised and weighted, like the pooled vectors."""
+        import torch
+
+        lacking = [m.config.name for m in self.members if not m.has_spatial]
+        if lacking:
+            raise EncoderError(
+                f"model {self.config.name!r}: member(s) {', '.join(lacking)} have no spatial "
+                "output; region features need every member to have one"
+            )
+        grids = [m.feature_grid(b, layer) for m, b in zip(self.members, batch, strict=True)]
+        h, w = grids[0].shape[1:3]
+        out = []
+        for g, wt in zip(grids, self.weights, strict=True):
+            if g.shape[1:3] != (h, w):
+                t = torch.from_numpy(np.ascontiguousarray(g.transpose(0, 3, 1, 2)))
+                g = torch.nn.functional.adaptive_avg_pool2d(t, (h, w)).numpy().transpose(0, 2, 3, 1)
+            out.append(g / np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-12) * wt)
+        return np.concatenate(out, axis=-1).astype(np.float32)
+
 
 def build_fusion_encoder(cfg: EncoderConfig, module=None, device: str = "cpu") -> FusionEncoder:
     """The fusion family's ``Encoder``: each member built from its stored config."""
