@@ -35,10 +35,7 @@ from radsearch.lodo import (  # noqa: E402
     score_configuration,
 )
 
-FUSIONS = [
-    "efficientnet-lite0+efficientnet-lite0-deep-eq",
-    "efficientnet-lite0-deep-eq+efficientnet-lite2-deep-eq",
-]
+FUSIONS = ["efficientnet-lite0-deep-eq+efficientnet-lite2-deep-eq"]
 
 
 def done_when(folds, rec) -> list[str]:
@@ -90,7 +87,7 @@ def main() -> int:
     ap.add_argument("--lite0", type=Path, default=LITE0, help="plain efficientnet-lite0 vectors")
     ap.add_argument("--fusions", nargs="*", default=FUSIONS)
     ap.add_argument("--only", nargs="*", help="restrict to these encoder names")
-    ap.add_argument("--screen", type=int, default=2, help="encoders given the full recipe search")
+    ap.add_argument("--screen", type=int, default=1, help="encoders given the full recipe search")
     ap.add_argument("--objective", default="robust")
     ap.add_argument("--out", type=Path, help="write folds and recommendation as JSON")
     ap.add_argument("--reuse", type=Path, help="read the folds from an earlier --out JSON")
