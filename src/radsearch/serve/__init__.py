@@ -2,10 +2,11 @@
 
 ``create_app`` builds the app for an index directory; see ``docs/serve.md``. Modules:
 ``app`` (the app and its error handlers), ``context`` (what every route shares, the
-privacy rules), ``routes_api`` / ``routes_ui`` / ``routes_docs`` (the routes), ``guard``
-(Host, token and body-size checks before FastAPI), ``server`` (uvicorn with connection
-limits and timeouts), ``cli`` (the verb). This package imports no FastAPI until the app
-is built, so the CLI starts fast.
+privacy rules), ``batcher`` (concurrent queries share one forward pass), ``routes_api``
+/ ``routes_studies`` / ``routes_regions`` / ``routes_ui`` / ``routes_docs`` (the
+routes), ``guard`` (Host, token and body-size checks before FastAPI), ``server``
+(uvicorn with connection limits and timeouts), ``cli`` (the verb). This package imports
+no FastAPI until the app is built, so the CLI starts fast.
 """
 
 from __future__ import annotations
