@@ -13,7 +13,6 @@ half-written index and readers never break a commit.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -25,49 +24,13 @@ from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_confi
 from radsearch.errors import IndexFormatError, RadsearchError
 from radsearch.index import rows as _rows
 from radsearch.index.commit import ABSORBS_WORK, MANIFEST, recover, settle, unchanged, writing
+from radsearch.index.manifest import check_manifest, fsync_file, now, versions
 from radsearch.io.items import ItemRef
 from radsearch.regions import features as regions_hooks
 
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 FORMAT_VERSION = 1
-
-
-def _versions() -> dict:
-    import faiss
-    import pyarrow
-    import torch
-
-    from radsearch import __version__
-
-    return {
-        "radsearch": __version__,
-        "faiss": faiss.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pyarrow": pyarrow.__version__,
-    }
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _check_manifest(manifest, mpath: Path) -> None:
-    """Refuse a manifest lacking what every reader relies on, naming the first gap."""
-    if not isinstance(manifest, dict):
-        raise IndexFormatError(f"{mpath}: damaged manifest (not a JSON object)")
-    for key, kind in (("count", int), ("dim", int), ("encoder", dict), ("store", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise IndexFormatError(f"{mpath}: damaged manifest (no valid {key!r})")
-    encoder = manifest["encoder"]
-    if not all(isinstance(encoder.get(k), t) for k, t in (("name", str), ("config", dict))):
-        raise IndexFormatError(f"{mpath}: damaged manifest (no valid encoder name/config)")
 
 
 RESERVED_COLUMNS = ("id", "source", "rank", "score")
@@ -120,7 +83,7 @@ class Index:
             "count": 0,
             "store": dict(store or {"kind": "faiss", "type": "flat"}),
             "recipe": recipe,
-            "created": _now(),
+            "created": now(),
         }
         import pyarrow as pa
 
@@ -160,7 +123,7 @@ class Index:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IndexFormatError(f"{mpath}: damaged manifest ({exc})") from None
-        _check_manifest(manifest, mpath)
+        check_manifest(manifest, mpath)
         try:
             items = pq.read_table(path / ITEMS)
             emb = np.load(path / EMBEDDINGS, mmap_mode="r" if mmap else None)
@@ -413,12 +376,12 @@ class Index:
             from radsearch.recipe import STATE_FILE
 
             np.savez(stage / STATE_FILE, **recipe.state)
-        self.manifest["updated"] = _now()
-        self.manifest["versions"] = _versions()
+        self.manifest["updated"] = now()
+        self.manifest["versions"] = versions()
         self.manifest["count"] = int(self.items.num_rows)
         (stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
         for p in stage.iterdir():
-            _fsync_file(p)
+            fsync_file(p)
 
     # -- search ---------------------------------------------------------------------
     def search(self, queries, k: int = 10, **options):

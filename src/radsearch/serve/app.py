@@ -42,6 +42,7 @@ ROUTE_MODULES = [
     "radsearch.serve.routes_ui",
     "radsearch.serve.routes_docs",
     "radsearch.serve.routes_studies",
+    "radsearch.serve.routes_regions",
 ]
 # Room for the multipart boundaries and small form fields around the file itself.
 MULTIPART_SLACK = 64 * 1024
