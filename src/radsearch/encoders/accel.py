@@ -225,3 +225,63 @@ def accelerate(encoder, runtime: str | None = None, *, min_speedup: float = 1.0)
         encoder.module = _torch_module()(eager).eval()
     encoder.runtime_info = info
     return encoder
+
+
+def _spatial_module(owner, layer: str | None):
+    """``owner.spatial(x, layer)`` as a module ONNX can export."""
+    import torch
+
+    class Spatial(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = owner
+
+        def forward(self, x):
+            return self.inner.spatial(x, layer)
+
+    return Spatial().eval()
+
+
+def _cell_cosine(a, b) -> float:
+    """Smallest cosine between matching cells of two ``BxCxHxW`` maps."""
+    a = a.reshape(a.shape[0], a.shape[1], -1)
+    b = b.reshape(b.shape[0], b.shape[1], -1)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12
+    return float((num / den).min())
+
+
+def accelerate_spatial(encoder, layer: str | None, runtime: str | None = None):
+    """Run ``encoder``'s region-feature maps of ``layer`` on ONNX Runtime when that is
+    faithful (cell cosine ``1e-3``) and faster, as ``accelerate`` does for the vectors;
+    the index-time region pass is otherwise eager torch, several times slower than the
+    embedding pass. Returns ``encoder``; ``encoder.feature_grid`` uses what was chosen."""
+    import torch
+
+    runtime = (runtime or default_runtime()).lower()
+    spatial = getattr(encoder, "_spatial", None)
+    fast = encoder.__dict__.setdefault("_spatial_fast", {})
+    cpu = getattr(encoder.device, "type", "cpu") == "cpu"
+    owner = getattr(spatial, "__self__", None)
+    if layer in fast or runtime == "torch" or owner is None or not cpu:
+        return encoder
+    if encoder.config.family not in CNN_FAMILIES:
+        return encoder
+    probe = torch.from_numpy(_probe(encoder.config.input_size))
+    module = _spatial_module(owner, layer)
+    try:
+        with torch.inference_mode():
+            module(probe[:1])
+            t0 = time.perf_counter()
+            ref = module(probe).numpy()
+            t_eager = time.perf_counter() - t0
+        onnx_mod = OnnxModule(export_onnx(module, encoder.config.input_size))
+        onnx_mod(probe[:1])
+        t0 = time.perf_counter()
+        got = onnx_mod(probe).numpy()
+        t_onnx = time.perf_counter() - t0
+    except Exception:  # an op ONNX cannot handle: the eager maps stay
+        return encoder
+    if _cell_cosine(ref, got) >= 1 - COSINE_TOL and (runtime == "onnx" or t_onnx < t_eager):
+        fast[layer] = lambda x, _layer=None, run=onnx_mod: run(x)
+    return encoder

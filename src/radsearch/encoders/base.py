@@ -234,5 +234,6 @@ class Encoder:
             )
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         with torch.inference_mode():
-            out = self._spatial(x, layer)
+            spatial = self.__dict__.get("_spatial_fast", {}).get(layer, self._spatial)
+            out = spatial(x, layer)
         return out.permute(0, 2, 3, 1).float().cpu().numpy()
