@@ -15,6 +15,7 @@ import sys
 from importlib import import_module
 from importlib.util import find_spec
 
+from radsearch.cli_output import print_results
 from radsearch.errors import RadsearchError
 from radsearch.regions.cli import add_region_args, region_options
 from radsearch.source_args import add_source_args, refs_from_args
@@ -57,8 +58,12 @@ def cmd_index(args) -> int:
         from radsearch.io.sources import parse_where
 
         refs = refs_for_index(
-            args.source, args.out, model=args.model, user=args.dicomweb_user,
-            password=args.dicomweb_password, token=args.dicomweb_token,
+            args.source,
+            args.out,
+            model=args.model,
+            user=args.dicomweb_user,
+            password=args.dicomweb_password,
+            token=args.dicomweb_token,
             where=parse_where(args.source_where) or None,
         )
     else:
@@ -97,7 +102,9 @@ def cmd_index(args) -> int:
     for rec in report.failures[:20]:
         print(f"  failed: {rec['source']}: {rec['reason']}", file=sys.stderr)
     if len(report.failures) > 20:
-        print(f"  ... {len(report.failures) - 20} more in {idx.path}/failures.jsonl", file=sys.stderr)
+        print(
+            f"  ... {len(report.failures) - 20} more in {idx.path}/failures.jsonl", file=sys.stderr
+        )
     if report.failures and report.added == 0 and idx.count == 0:
         raise RadsearchError(f"{args.source}: none of {len(refs)} item(s) could be read")
     return 0
@@ -117,7 +124,9 @@ def store_spec(args) -> dict:
             )
         return {"kind": "milvus", "uri": uri, "index_type": _MILVUS_TYPES[itype]}
     if args.store not in (None, "faiss"):
-        raise RadsearchError(f"--store {args.store!r}: use faiss or milvus:<path or http://host:port>")
+        raise RadsearchError(
+            f"--store {args.store!r}: use faiss or milvus:<path or http://host:port>"
+        )
     spec = {"kind": "faiss", "type": itype}
     if args.memory_budget:
         from radsearch.index.ann import parse_bytes
@@ -149,20 +158,7 @@ def cmd_search(args) -> int:
         text=args.text or None,
         **region_options(args),
     )
-    if args.json:
-        print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
-        return 0
-    for r in results:
-        print(f"query: {r.query}")
-        for h in r.hits:
-            meta = " ".join(f"{k}={v}" for k, v in h.metadata.items() if v not in ("", None))
-            if h.match_box is not None:
-                meta += " match_box=" + ",".join(str(v) for v in h.match_box)
-            print(f"  {h.rank:>3}  {h.score:.4f}  {h.id}  {meta}")
-        if r.suggestion:
-            s = r.suggestion
-            print(f"  suggestion: {s['column']}={s['value']} ({s['votes']} votes, {s['share']:.0%})")
-    return 0
+    return print_results(results, args.json)
 
 
 def cmd_info(args) -> int:
@@ -187,7 +183,9 @@ def cmd_models(args) -> int:
     print(f"{'name':<20} {'dim':>5} {'size':>5} {'pooling':<12} {'weights':<8} source")
     for r in rows:
         here = "here" if r["weights_here"] else "missing"
-        print(f"{r['name']:<20} {r['dim']:>5} {r['input_size']:>5} {r['pooling']:<12} {here:<8} {r['source']}")
+        print(
+            f"{r['name']:<20} {r['dim']:>5} {r['input_size']:>5} {r['pooling']:<12} {here:<8} {r['source']}"
+        )
     print("\nalso: hf:<repo id>, open_clip:<arch>/<tag>, timm:<name>, or a local checkpoint dir")
     return 0
 
@@ -227,7 +225,9 @@ def _register_index(sub) -> None:
     p = sub.add_parser("index", help="build or extend an index from a folder, CSV, file or PACS")
     p.add_argument("source", help="folder, CSV manifest, image/DICOM/NIfTI file, or dicomweb:URL")
     p.add_argument("--out", required=True, help="index directory (created or extended)")
-    p.add_argument("--model", help="encoder name (default efficientnet-lite0; see 'radsearch models')")
+    p.add_argument(
+        "--model", help="encoder name (default efficientnet-lite0; see 'radsearch models')"
+    )
     p.add_argument("--weights", help="weights file or directory for the encoder")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--batch-size", type=int, default=32)
@@ -236,25 +236,49 @@ def _register_index(sub) -> None:
     from radsearch.index.ann import TYPES
 
     g = p.add_argument_group("scale (new indexes: store and index type)")
-    g.add_argument("--index-type", choices=TYPES, default=None,
-                   help="FAISS index type (default flat = exact); auto picks by size, dim, budget")
-    g.add_argument("--memory-budget", metavar="SIZE", help="RAM for the index with --index-type auto (e.g. 1G)")
-    g.add_argument("--store", metavar="faiss|milvus:URI",
-                   help="vector store: faiss (default) or milvus:<Milvus Lite path or http://host:port>")
+    g.add_argument(
+        "--index-type",
+        choices=TYPES,
+        default=None,
+        help="FAISS index type (default flat = exact); auto picks by size, dim, budget",
+    )
+    g.add_argument(
+        "--memory-budget", metavar="SIZE", help="RAM for the index with --index-type auto (e.g. 1G)"
+    )
+    g.add_argument(
+        "--store",
+        metavar="faiss|milvus:URI",
+        help="vector store: faiss (default) or milvus:<Milvus Lite path or http://host:port>",
+    )
     g.add_argument("--engine", choices=["local", "ray"], default="local", help="extraction engine")
-    g.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: local Ray)")
-    g.add_argument("--no-regions", action="store_true",
-                   help="do not keep region features (no --roi queries or explain maps on this index)")
-    g.add_argument("--runtime", choices=["auto", "torch", "onnx"],
-                   help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)")
+    g.add_argument(
+        "--ray-address", help="Ray cluster address for --engine ray (default: local Ray)"
+    )
+    g.add_argument(
+        "--no-regions",
+        action="store_true",
+        help="do not keep region features (no --roi queries or explain maps on this index)",
+    )
+    g.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "onnx"],
+        help="inference runtime for CNN encoders (default auto: ONNX Runtime if faithful and faster)",
+    )
     add_source_args(p)
-    p.add_argument("--study-column", metavar="COL",
-                   help="CSV column naming each row's study (e.g. patient_id; default: DICOM "
-                        "study uid, NIfTI file, else each item its own study)")
+    p.add_argument(
+        "--study-column",
+        metavar="COL",
+        help="CSV column naming each row's study (e.g. patient_id; default: DICOM "
+        "study uid, NIfTI file, else each item its own study)",
+    )
     g = p.add_argument_group("PACS (dicomweb:URL sources)")
-    g.add_argument("--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)")
-    g.add_argument("--dicomweb-password",
-                   help="HTTP basic auth password (default: $RADSEARCH_DICOMWEB_PASSWORD)")
+    g.add_argument(
+        "--dicomweb-user", help="HTTP basic auth user (default: $RADSEARCH_DICOMWEB_USER)"
+    )
+    g.add_argument(
+        "--dicomweb-password",
+        help="HTTP basic auth password (default: $RADSEARCH_DICOMWEB_PASSWORD)",
+    )
     g.add_argument("--dicomweb-token", help="bearer token (default: $RADSEARCH_DICOMWEB_TOKEN)")
     p.set_defaults(func=cmd_index)
 
@@ -263,12 +287,22 @@ def _register_search(sub) -> None:
     p = sub.add_parser("search", help="find the indexed images most similar to query images")
     p.add_argument("index", help="index directory")
     p.add_argument("queries", nargs="*", help="query image files (PNG, JPEG, DICOM, NIfTI)")
-    p.add_argument("--text", action="append", default=[], metavar="TEXT",
-                   help="text query for CLIP-family encoders, e.g. 'pleural effusion' (repeatable)")
+    p.add_argument(
+        "--text",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="text query for CLIP-family encoders, e.g. 'pleural effusion' (repeatable)",
+    )
     p.add_argument("-k", type=int, default=10, help="hits per query")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
-                   help="only hits whose metadata matches (repeatable; VALUE may be A,B)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COL=VALUE",
+        help="only hits whose metadata matches (repeatable; VALUE may be A,B)",
+    )
     p.add_argument("--one-per-patient", action="store_true", help="at most one hit per patient_id")
     p.add_argument("--suggest", default="label", help="metadata column for the majority vote")
     p.add_argument("--model", help="refuse unless the index was built with this encoder")
@@ -276,12 +310,19 @@ def _register_search(sub) -> None:
     p.add_argument("--ef-search", type=int, help="HNSW indexes: search breadth (recall vs speed)")
     add_region_args(p)
     g = p.add_argument_group("studies (see docs/studies.md)")
-    g.add_argument("--study", nargs="+", metavar="QUERY",
-                   help="one query study (DICOM folder or series, NIfTI volume, image files): "
-                        "return studies")
+    g.add_argument(
+        "--study",
+        nargs="+",
+        metavar="QUERY",
+        help="one query study (DICOM folder or series, NIfTI volume, image files): return studies",
+    )
     g.add_argument("--study-id", metavar="ID", help="query with an indexed study; return studies")
-    g.add_argument("--group-by", choices=["item", "study"], default="item",
-                   help="single-image search: each study once, with its best item")
+    g.add_argument(
+        "--group-by",
+        choices=["item", "study"],
+        default="item",
+        help="single-image search: each study once, with its best item",
+    )
     p.set_defaults(func=cmd_search)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from radsearch.cli_output import print_results, print_suggestion
 from radsearch.errors import RadsearchError
 
 
@@ -45,7 +46,7 @@ def study_search(args, index) -> int:
         print(f"  {s.rank:>3}  {s.score:.4f}  {s.study_id}  items={s.items}  {meta}")
         for p in s.pairs:
             print(f"         {p['score']:.4f}  {p['query_item']} ~ {p['hit_id']}")
-    _print_suggestion(result.suggestion)
+    print_suggestion(result.suggestion)
     return 0
 
 
@@ -57,18 +58,4 @@ def _grouped(args, index, options) -> int:
         raise RadsearchError("--group-by study needs query images")
     names, qvecs = embed_queries(index, args.queries)
     results = group_by_study(index, qvecs, k=args.k, names=names, **options)
-    if args.json:
-        print(json.dumps({"queries": [r.to_dict() for r in results]}, indent=2))
-        return 0
-    for r in results:
-        print(f"query: {r.query}")
-        for h in r.hits:
-            meta = " ".join(f"{k}={v}" for k, v in h.metadata.items() if v not in ("", None))
-            print(f"  {h.rank:>3}  {h.score:.4f}  {h.id}  {meta}")
-        _print_suggestion(r.suggestion)
-    return 0
-
-
-def _print_suggestion(s: dict | None) -> None:
-    if s:
-        print(f"  suggestion: {s['column']}={s['value']} ({s['votes']} votes, {s['share']:.0%})")
+    return print_results(results, args.json)
