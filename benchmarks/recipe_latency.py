@@ -34,7 +34,9 @@ STANDARD = {
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("npz", nargs="?", help="embeddings .npz (default: the test cache's Lite0 file)")
     ap.add_argument("--recipe", action="append", default=[], help="recipe JSON file(s) to time too")
     ap.add_argument("--queries", type=int, default=300, help="test queries timed, one at a time")
@@ -47,18 +49,24 @@ def main(argv=None) -> int:
     from radsearch.recipe import Recipe, load_recipe
     from radsearch.search import knn_rows
 
-    npz = args.npz or next(iter(sorted((REPO / ".cache" / "tests").glob("radbench-*-lite0-*.npz"))), None)
+    npz = args.npz or next(
+        iter(sorted((REPO / ".cache" / "tests").glob("radbench-*-lite0-*.npz"))), None
+    )
     if not npz or not (RADBENCH / "radbench.csv").exists():
         print("need RadBench and an embeddings .npz (see --help)", file=sys.stderr)
         return 2
     with np.load(npz) as z:
         emb, paths = z["emb"].astype(np.float32), z["filepath"].tolist()
-    split = pd.read_csv(RADBENCH / "radbench.csv").set_index("filepath").loc[paths, "split"].to_numpy()
+    split = (
+        pd.read_csv(RADBENCH / "radbench.csv").set_index("filepath").loc[paths, "split"].to_numpy()
+    )
     train, test = emb[split == "train"], emb[split == "test"][: args.queries]
     recipes = dict(STANDARD)
     for f in args.recipe:
         recipes[Path(f).stem] = load_recipe(f).settings()["steps"]
-    print(f"index: {len(train)} train rows, dim {emb.shape[1]}; {len(test)} test queries, k={args.k}, one at a time")
+    print(
+        f"index: {len(train)} train rows, dim {emb.shape[1]}; {len(test)} test queries, k={args.k}, one at a time"
+    )
     print(f"{'recipe':<16} {'fit+build s':>11} {'median ms':>10} {'p95 ms':>8}  steps")
     index = scratch_index(train)
     rows = []
@@ -76,7 +84,14 @@ def main(argv=None) -> int:
             knn_rows(index, q[None], args.k)
             times.append((time.perf_counter() - t) * 1000)
         med, p95 = float(np.median(times)), float(np.percentile(times, 95))
-        rows.append({"recipe": name, "fit_build_s": round(build, 2), "median_ms": round(med, 2), "p95_ms": round(p95, 2)})
+        rows.append(
+            {
+                "recipe": name,
+                "fit_build_s": round(build, 2),
+                "median_ms": round(med, 2),
+                "p95_ms": round(p95, 2),
+            }
+        )
         print(f"{name:<16} {build:>11.2f} {med:>10.2f} {p95:>8.2f}  {json.dumps(steps)}")
     return 0
 
