@@ -13,13 +13,12 @@ from serve_helpers import LiveServer
 from test_regions import PATCH, QUERY_PATCH, inside, plant, save, texture
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, one_torch_thread):
+def planted_index(root):
+    """``root/index``: stripes decoys, plain rings and one rings image carrying the
+    planted patch (``right.png``); ``root/query.png``: stripes carrying it elsewhere."""
     from radsearch.io.sources import iter_source
     from radsearch.pipeline import build_index
-    from radsearch.serve import create_app
 
-    root = tmp_path_factory.mktemp("serve-regions")
     src = root / "images"
     src.mkdir()
     for n in range(3):
@@ -29,8 +28,16 @@ def server(tmp_path_factory, one_torch_thread):
         save(texture("rings", 20 + n), src / f"rings{n}.png")
     save(plant(texture("stripes", 7), QUERY_PATCH), root / "query.png")
     build_index(list(iter_source(src)), root / "index", progress=False, workers=0)
-    with LiveServer(create_app(root / "index")) as url:
-        yield url, (root / "query.png").read_bytes()
+    return root / "index", root / "query.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, one_torch_thread):
+    from radsearch.serve import create_app
+
+    index, query = planted_index(tmp_path_factory.mktemp("serve-regions"))
+    with LiveServer(create_app(index)) as url:
+        yield url, query.read_bytes()
 
 
 def post(url: str, path: str, png: bytes, **data) -> httpx.Response:
