@@ -64,7 +64,7 @@ def test_int8_model_is_quantised_close_to_fp32_and_cached(int8, folder, model_ca
 
     info = int8.runtime_info
     assert info["runtime"] == "onnx-int8" and info["int8_cosine_min"] >= q.INT8_COSINE
-    assert info["calibration"]["images"] == 15 and info["calibration"]["method"] == "minmax"
+    assert info["calibration"]["images"] == 15 and info["calibration"]["method"] == "percentile"
     graph = onnx.load_from_string(int8.int8_model).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format

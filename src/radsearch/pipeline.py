@@ -123,6 +123,9 @@ def build_index(
             write_failures(index.path, [])
             return BuildReport(index, 0, skipped)
         encoder = index.encoder(device=device, weights=weights)
+        from radsearch.encoders.quantize import ensure_int8
+
+        ensure_int8(encoder, new)  # an int8 variant's first batch calibrates its model
         work = index.path / WORK / encoder.config.hash
         reused = 0
         if reuse_cache is not None:

@@ -306,7 +306,7 @@ INT8_VARIANTS = {
     "efficientnet-lite0-int8": dict(
         base="efficientnet-lite0",
         float_layers=["stem", "b0", "b1"],
-        calibration="minmax",
+        calibration="percentile",
         calibration_images=128,
         description="EfficientNet-Lite0, int8 ONNX (static, calibrated on 128 index images; "
         "stem and blocks 0-1 fp32); faster, vectors not mixable with fp32 (offline)",

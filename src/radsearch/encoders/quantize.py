@@ -11,19 +11,26 @@ queries against it are encoded by the index's own encoder, i.e. the same int8 mo
 
 How the model is made (``quantize_int8``): the eager module is exported to fp32 ONNX
 (``accel.export_onnx``), then ONNX Runtime's static quantiser writes a QDQ model with
-per-channel int8 weights and uint8 activations whose ranges were calibrated (MinMax)
-on up to ``CALIBRATION_IMAGES`` images preprocessed exactly as the encoder does: the
-first items of the index being built, in input order, so calibration is
-deterministic. The result is cached in ``cache_dir()`` under the digest of the fp32
-model and of the calibration batch (a rebuild of the same index re-uses it), and it is
-stored in the index directory (``INT8_FILE``), so searching the index later, or on
-another machine, runs exactly the model that encoded it.
+per-channel int8 weights and uint8 activations whose ranges are calibrated on up to
+``CALIBRATION_IMAGES`` images preprocessed exactly as the encoder does: items spread
+evenly over the first batch of the index being built (``calibration_images``), so
+calibration is deterministic. The variant's config says how (``calibration``:
+percentile, minmax or entropy; ``float_layers``: the early, high-resolution layers
+kept fp32, where uint8 steps cost most fidelity); both were chosen by the cosine to
+fp32 on RadBench val images (``benchmarks/int8_parity.py`` reports the test P@1). The
+model is cached in ``cache_dir()`` under the digest of the fp32 model and of the
+calibration batch (a rebuild of the same index re-uses it) and stored in the index
+directory (``INT8_FILE``, recorded under ``manifest["encoder"]["int8"]``), so
+searching the index later, or on another machine, runs exactly the model that encoded
+it. ``--runtime`` does not apply to these variants: they always run their int8 model.
+The hash does not cover the calibration images: two int8 indexes of different archives
+hold slightly different models (each consistent with its own queries).
 
 Faithfulness (``install_int8``): on load, the int8 vectors of the calibration images
-(or a fixed probe) must be within ``INT8_COSINE`` cosine of the fp32 vectors; a model
-that is not (a broken calibration, an ORT kernel problem) is not used: a warning is
-given and the encoder keeps the fp32 module, whose vectors satisfy the same bound.
-``encoder.runtime_info`` says what ran.
+(or, from an index, the fixed probe of ``accel``) must be within ``INT8_COSINE`` of the
+fp32 vectors; a model that is not (a broken calibration, an ORT kernel problem) is not
+used: a warning is given and the encoder runs fp32 (``accel.accelerate``), whose
+vectors meet the same bound. ``encoder.runtime_info`` says what ran.
 """
 
 from __future__ import annotations
