@@ -125,20 +125,3 @@ def test_another_encoder_or_root_reuses_nothing(tmp_path):
     other.mkdir()
     assert seed_from_cache(tmp_path / "w3", lite0, refs, tmp_path / "cache", other) == 0
     assert seed_from_cache(tmp_path / "w1", lite0, refs, tmp_path / "cache", tmp_path) == len(names)
-
-
-def test_upload_frame_count_is_the_readers_check(tmp_path):
-    """The server's upload probe refuses an impossible frame count with io's own rule."""
-    from io_fixtures import write_dicom
-    from radsearch.errors import ImageReadError
-    from radsearch.io.dicom import check_frame_count, read_dicom_header
-    from radsearch.io.upload import DecodeBudget, read_upload
-
-    grey = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
-    path = write_dicom(tmp_path / "frames.dcm", grey, NumberOfFrames=2**31 - 1)
-    with pytest.raises(ImageReadError) as io_err:
-        check_frame_count(read_dicom_header(path), path)
-    with open(path, "rb") as fh, pytest.raises(ImageReadError) as up_err:
-        read_upload(fh, "frames.dcm", max_pixels=10**8, budget=DecodeBudget())
-    assert "cannot hold them" in io_err.value.reason
-    assert up_err.value.reason == io_err.value.reason.replace(str(path), "upload")
