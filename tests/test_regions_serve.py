@@ -152,14 +152,17 @@ def test_roi_on_an_index_without_regions_is_422(tmp_path, one_torch_thread):
 
     src = tmp_path / "images"
     src.mkdir()
-    for n in range(2):
-        save(texture("stripes", n), src / f"s{n}.png")
+    for kind, name in (("stripes", "s0.png"), ("rings", "s, 1.png"), ("plain", "s2.png")):
+        save(texture(kind, 0), src / name)
     build_index(
         list(iter_source(src)), tmp_path / "plain", progress=False, workers=0, regions=False
     )
     png = (src / "s0.png").read_bytes()
     with LiveServer(create_app(tmp_path / "plain")) as url:
         assert ids(post(url, "/api/search", png, k="2"))[0] == "s0.png"
+        # feedback needs no region features; an id holding a comma is taken whole
+        marked = post(url, "/api/search", png, relevant="s, 1.png", irrelevant="s0.png,s2.png")
+        assert ids(marked)[0] == "s, 1.png"
         r = post(url, "/api/search", png, roi="0,0,10,10")
         assert r.status_code == 422 and "no region features" in r.json()["error"]
         assert str(tmp_path) not in r.json()["error"]  # no server path

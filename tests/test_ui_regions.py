@@ -311,3 +311,34 @@ def test_keyboard_only(site, browser):
     assert page.inner_text("#explain-title").endswith(hit_ids(page)[0])
     assert not errors, errors
     page.close()
+
+
+def test_boxes_and_maps_under_the_real_csp(site, browser):
+    """The page's own Content-Security-Policy applies here (no bypass): boxes are placed
+    through the CSSOM, which it allows, and the maps come as a blob: image."""
+    url, query, _ = site
+    page = browser.new_page(viewport={"width": 1180, "height": 760})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url + "/")
+    page.wait_for_selector("#roi-fields:not([hidden])")
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#grid li.hit >> nth=5", timeout=60_000)
+    for corner, value in zip(("x0", "y0", "x1", "y1"), TARGET, strict=True):
+        page.fill(f"#roi-{corner}", str(value))
+    page.press("#roi-y1", "Enter")
+    page.wait_for_selector("#grid .match-box >> nth=5", timeout=60_000)
+    img = page.locator("#query-img").bounding_box()
+    drawn = page.locator("#roi-box").bounding_box()
+    assert abs(drawn["width"] - (TARGET[2] - TARGET[0]) * img["width"] / 224) < 1.0
+    for box in page.locator("#grid .match-box").all():
+        assert min(box.bounding_box()["width"], box.bounding_box()["height"]) > 2
+    page.locator("#grid button.why").first.click()
+    page.wait_for_selector("#explain:not([hidden]) img[src^='blob:']")
+    deadline = time.monotonic() + 20  # wait_for_function's predicates need eval: polled here
+    while page.locator("#explain-img").evaluate("i => i.naturalWidth") == 0:
+        assert time.monotonic() < deadline, "the maps never loaded"
+        page.wait_for_timeout(50)
+    assert not errors, errors
+    page.close()
