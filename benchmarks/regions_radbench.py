@@ -90,7 +90,7 @@ def score(
     rows, qs = roi_queries(index, table, grids, split)
     lookup = {v: i for i, v in enumerate(vocab)}
     qcodes = np.asarray([lookup.get(r["label"], -1) for r in rows])
-    nb, boxes = ev.region_runs(index, store, qs, 10, weight)
+    nb, boxes, _ = ev.region_runs(index, store, qs, 10, weight)
     tb = ev.boxes_by_row(index, table)
     out = {
         "roi": ev.precision(nb, qcodes, icodes),
