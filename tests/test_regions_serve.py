@@ -13,13 +13,12 @@ from serve_helpers import LiveServer
 from test_regions import PATCH, QUERY_PATCH, inside, plant, save, texture
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, one_torch_thread):
+def planted_index(root):
+    """``root/index``: stripes decoys, plain rings and one rings image carrying the
+    planted patch (``right.png``); ``root/query.png``: stripes carrying it elsewhere."""
     from radsearch.io.sources import iter_source
     from radsearch.pipeline import build_index
-    from radsearch.serve import create_app
 
-    root = tmp_path_factory.mktemp("serve-regions")
     src = root / "images"
     src.mkdir()
     for n in range(3):
@@ -29,8 +28,16 @@ def server(tmp_path_factory, one_torch_thread):
         save(texture("rings", 20 + n), src / f"rings{n}.png")
     save(plant(texture("stripes", 7), QUERY_PATCH), root / "query.png")
     build_index(list(iter_source(src)), root / "index", progress=False, workers=0)
-    with LiveServer(create_app(root / "index")) as url:
-        yield url, (root / "query.png").read_bytes()
+    return root / "index", root / "query.png"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, one_torch_thread):
+    from radsearch.serve import create_app
+
+    index, query = planted_index(tmp_path_factory.mktemp("serve-regions"))
+    with LiveServer(create_app(index)) as url:
+        yield url, query.read_bytes()
 
 
 def post(url: str, path: str, png: bytes, **data) -> httpx.Response:
@@ -145,14 +152,17 @@ def test_roi_on_an_index_without_regions_is_422(tmp_path, one_torch_thread):
 
     src = tmp_path / "images"
     src.mkdir()
-    for n in range(2):
-        save(texture("stripes", n), src / f"s{n}.png")
+    for kind, name in (("stripes", "s0.png"), ("rings", "s, 1.png"), ("plain", "s2.png")):
+        save(texture(kind, 0), src / name)
     build_index(
         list(iter_source(src)), tmp_path / "plain", progress=False, workers=0, regions=False
     )
     png = (src / "s0.png").read_bytes()
     with LiveServer(create_app(tmp_path / "plain")) as url:
         assert ids(post(url, "/api/search", png, k="2"))[0] == "s0.png"
+        # feedback needs no region features; an id holding a comma is taken whole
+        marked = post(url, "/api/search", png, relevant="s, 1.png", irrelevant="s0.png,s2.png")
+        assert ids(marked)[0] == "s, 1.png"
         r = post(url, "/api/search", png, roi="0,0,10,10")
         assert r.status_code == 422 and "no region features" in r.json()["error"]
         assert str(tmp_path) not in r.json()["error"]  # no server path

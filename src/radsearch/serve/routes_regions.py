@@ -27,8 +27,14 @@ NO_REGIONS = (
 )
 
 
-def _ids(values: list[str] | None) -> list[str]:
-    return [i.strip() for v in values or [] for i in str(v).split(",") if i.strip()]
+def _ids(index, values: list[str] | None) -> list[str]:
+    """Marked ids: each value is one id when the index holds it whole (ids may contain
+    commas), else a comma-separated list of them."""
+    out = []
+    for v in values or []:
+        v = str(v)
+        out += [v] if index.row_of(v) is not None else [i.strip() for i in v.split(",")]
+    return [i for i in out if i]
 
 
 def region_store(ctx: ServeContext):
@@ -61,7 +67,7 @@ def region_options(ctx: ServeContext, pixels, roi, relevant, irrelevant) -> dict
     if box is not None:
         options["roi"] = box
     for what, values in (("relevant", relevant), ("irrelevant", irrelevant)):
-        ids = _ids(values)
+        ids = _ids(ctx.index, values)
         for item_id in ids:
             if ctx.index.row_of(item_id) is None:
                 raise HTTPException(404, f"{what} id {item_id!r}: not in the index")
