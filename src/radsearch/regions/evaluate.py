@@ -297,7 +297,7 @@ def roi_step(opts, data, metrics: dict, index) -> list[dict]:
     tb = boxes_by_row(index, table)
     metrics["roi"] = {
         "queries": len(rois),
-        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec")}
+        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec", "contrast")}
         | {"global_weight": GLOBAL_WEIGHT},
         "precision_at_k": precision(nb, rcodes, icodes),
         "whole_image_precision_at_k": precision(whole, rcodes, icodes),
