@@ -59,6 +59,15 @@ def test_int8_variant_has_its_own_hash():
     assert (int8.dim, int8.input_size, int8.mean) == (fp32.dim, fp32.input_size, fp32.mean)
 
 
+def test_calibration_batches_share_one_shape():
+    for n in (40, 128, 15, 17):
+        reader = q._Batches(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1))
+        chunks = iter(reader.get_next, None)
+        shapes = [c["x"].shape for c in chunks]
+        assert len(set(shapes)) == 1 and sum(s[0] for s in shapes) == n
+    assert shapes == [(1, 1, 1, 1)] * 17  # a prime over 16: one image per batch
+
+
 def test_int8_model_is_quantised_close_to_fp32_and_cached(int8, folder, model_cache):
     import onnx
 
