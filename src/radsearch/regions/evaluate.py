@@ -21,7 +21,7 @@ from radsearch.errors import RadsearchError
 from radsearch.evaluate import protocol
 from radsearch.regions.explain import peak
 from radsearch.regions.feedback import rocchio
-from radsearch.regions.query import cell_similarity, rank_region, roi_vector, window_box
+from radsearch.regions.query import cell_similarity, match_boxes, rank_region, roi_vector
 
 ROI_COLUMNS = ("filepath", "x0", "y0", "x1", "y1", "label", "split")
 KS = (1, 3, 5, 10)
@@ -70,18 +70,11 @@ def region_runs(index, store, queries, k: int, global_weight: float):
     """Per query (``qgrid, roi, size, qvec``): top-k rows, their match boxes and scores."""
     rows_out, boxes_out, scores_out = [], [], []
     for qgrid, roi, size, qvec in queries:
-        scores, rows, shape_i, pos = rank_region(
-            index, store, qgrid, roi, size, qvec, None, global_weight
-        )
+        scores, rows, _, _ = rank_region(index, store, qgrid, roi, size, qvec, None, global_weight)
         rows_out.append(rows[:k])
         scores_out.append(scores[:k])
         qr = roi_vector(store, qgrid, roi, *size)
-        boxes_out.append(
-            [
-                window_box(store, int(r), int(s), int(p), qr)
-                for r, s, p in zip(rows[:k], shape_i[:k], pos[:k], strict=True)
-            ]
-        )
+        boxes_out.append(match_boxes(store, qr, roi, size, rows[:k]))
     return np.asarray(rows_out), boxes_out, np.asarray(scores_out)
 
 
@@ -304,7 +297,7 @@ def roi_step(opts, data, metrics: dict, index) -> list[dict]:
     tb = boxes_by_row(index, table)
     metrics["roi"] = {
         "queries": len(rois),
-        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec")}
+        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec", "contrast")}
         | {"global_weight": GLOBAL_WEIGHT},
         "precision_at_k": precision(nb, rcodes, icodes),
         "whole_image_precision_at_k": precision(whole, rcodes, icodes),
