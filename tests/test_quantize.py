@@ -184,3 +184,30 @@ def test_fp32_encoders_are_left_alone(folder):
     enc = create_encoder("efficientnet-lite0")
     q.ensure_int8(enc, list(iter_source(folder)))
     assert getattr(enc, "int8_model", None) is None and not getattr(enc, "runtime_info", None)
+
+
+def test_evaluate_calibrates_int8_on_the_index_split_only(folder, model_cache, tmp_path):
+    from radsearch.evaluate.embeddings import compute_embeddings
+
+    refs = list(iter_source(folder, label_from_folder=True))
+    index_refs = [r for r in refs if not r.id.startswith("blob/")]
+    direct = create_encoder(INT8)
+    q.ensure_int8(direct, index_refs)  # the model calibrated on the index split alone
+    before = set(model_cache.glob("*.onnx"))
+    _, kept, vecs, failures, _ = compute_embeddings(
+        refs,
+        INT8,
+        tmp_path / "cache",
+        folder,
+        workers=0,
+        progress=False,
+        calibration_refs=index_refs,
+    )
+    assert len(kept) == len(refs) and not failures
+    assert set(model_cache.glob("*.onnx")) == before  # no other calibration was made
+    row = [r.id for r in kept].index("blob/0.png")
+    from radsearch.io.items import read_image
+
+    np.testing.assert_allclose(
+        vecs[row], direct.encode_images([read_image(folder / "blob" / "0.png")])[0], atol=1e-5
+    )
