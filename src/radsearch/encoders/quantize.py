@@ -67,10 +67,14 @@ def cache_dir() -> Path:
 
 
 class _Batches:
-    """ONNX Runtime calibration reader over a preprocessed ``Nx3xSxS`` array."""
+    """ONNX Runtime calibration reader over a preprocessed ``Nx3xSxS`` array, in batches
+    of one size (the largest divisor of N up to ``batch``): the percentile and entropy
+    collectors stack every batch's outputs and fail on a short last batch."""
 
     def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH):
-        self.chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+        n = len(images)
+        batch = max(d for d in range(1, max(1, min(batch, n)) + 1) if n % d == 0)
+        self.chunks = [images[i : i + batch] for i in range(0, n, batch)]
         self.pos = 0
 
     def get_next(self):
