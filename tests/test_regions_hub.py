@@ -358,3 +358,25 @@ def test_medclip_grid_is_its_last_stage_tokens(tmp_path, no_network):
         tmp_path / "medclip-ckpt", cfg.replace(location={"weights_file": str(d)})
     )
     index_and_region_search(tmp_path, str(ckpt), (7, 7))
+
+
+def test_hf_swin_tokens_and_a_bad_token_count_is_one_line(tmp_path, no_network):
+    """A hierarchical transformers model's last stage is laid on its merged grid; tokens
+    that form no square grid are a one-line error naming the model."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    swin = t.SwinModel(t.SwinConfig(**tm.TINY_SWIN)).eval()
+    d = tm.save_hf(swin, tmp_path / "swin", {"size": {"height": 56, "width": 56}})
+    enc = create_encoder(f"hf:{d}")
+    g = grid_of(enc)
+    assert g.shape == (2, 7, 7, 32)
+    with torch.no_grad():
+        tokens = swin(pixel_values=batch(enc.config)).last_hidden_state
+    np.testing.assert_allclose(g, as_map(tokens, 7), atol=1e-4)
+
+    from radsearch.encoders.spatial import tokens_to_map
+
+    enc.module.spatial_map = lambda x: tokens_to_map(torch.zeros(1, 50, 8), prefix=0)
+    with pytest.raises(EncoderError, match=r"model 'hf:.*': region features: 50 tokens do not"):
+        grid_of(enc, IMAGES[:1])

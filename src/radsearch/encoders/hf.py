@@ -189,7 +189,10 @@ class HFPooled:
                     return hidden
                 patch = self.model.config.patch_size
                 patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
-                return tokens_to_map(hidden, side=x.shape[-1] // int(patch))
+                side = x.shape[-1] // int(patch)
+                if side * side > hidden.shape[1]:  # a hierarchical model (Swin): merged grid
+                    return tokens_to_map(hidden, prefix=0)
+                return tokens_to_map(hidden, side=side)
 
         return _Module()
 

@@ -75,7 +75,10 @@ class SpatialOutput:
 
     def spatial(self, x, layer=None):
         check_layer(self.model_name, layer)
-        return fit_grid(self.spatial_map(x))
+        try:
+            return fit_grid(self.spatial_map(x))
+        except EncoderError as exc:
+            raise EncoderError(f"model {self.model_name!r}: region features: {exc}") from None
 
     def spatial_map(self, x):
         raise NotImplementedError
