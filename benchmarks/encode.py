@@ -11,13 +11,16 @@ Images: a fixed, deterministic subset of RadBench (every n-th row of radbench.cs
 all seven datasets appear), 1,000 by default; without RadBench (or with ``--synthetic``)
 the same number of generated 512x512 JPEGs, so the script runs on the plain install
 (``pip install "torch==2.13.0" && pip install -e ".[dicom]"``) anywhere. Prints images/s
-of the naive loop and of the pipeline for each ``--runtime`` (default ``auto,torch``:
-what the plain install gives, ONNX Runtime when faithful, and the eager fallback), the
-ratios, and the minimum cosine between each pipeline's vectors and the naive ones
-(must be >= 0.999).
+of the naive loop and of the pipeline for each ``--runtime`` (default ``auto,torch,int8``:
+what the plain install gives, ONNX Runtime when faithful, the eager fallback, and the
+int8 variant), the
+ratios, and the cosine between each pipeline's vectors and the naive ones (fp32
+runtimes: >= 0.999; ``int8``, the ``<model>-int8`` variant of
+``radsearch.encoders.quantize``: its own vectors, within about 0.99; its P@1 parity
+with fp32 on RadBench comes from ``benchmarks/int8_parity.py``).
 
     python benchmarks/encode.py [--limit 1000] [--model efficientnet-lite0]
-                                [--runtime auto,torch] [--synthetic]
+                                [--runtime auto,torch,int8] [--synthetic]
 """
 
 from __future__ import annotations
@@ -83,28 +86,61 @@ def naive(refs, model: str, batch: int = 32) -> tuple[float, np.ndarray]:
 
 
 def pipeline(refs, model: str, runtime: str, batch: int = 32) -> tuple[float, np.ndarray, dict]:
-    from radsearch.embed import embed_refs
     from radsearch.encoders import create_encoder
 
-    enc = create_encoder(model)
+    if runtime == "int8":
+        return int8_pipeline(refs, model, batch)
+    return _timed_embed(refs, create_encoder(model), runtime, batch)
+
+
+def _timed_embed(refs, enc, runtime, batch, before=None) -> tuple[float, np.ndarray, dict]:
+    from radsearch.embed import embed_refs
+
     with tempfile.TemporaryDirectory() as work:
         t0 = time.perf_counter()  # includes the runtime check / ONNX export
+        if before:
+            before(enc)
         res = embed_refs(refs, enc, work, batch_size=batch, progress=False, runtime=runtime)
         dt = time.perf_counter() - t0
     return len(refs) / dt, res.vectors, getattr(enc, "runtime_info", {})
+
+
+def int8_pipeline(refs, model: str, batch: int) -> tuple[float, np.ndarray, dict]:
+    """The same pipeline with ``<model>-int8``. Its one-off calibration (export, 128
+    images, quantisation; once per index, then cached) is timed apart; the timed run
+    starts from the quantised model as an index holds it, with the load-time
+    faithfulness check inside the timing."""
+    from radsearch.encoders import create_encoder
+    from radsearch.encoders.quantize import ensure_int8, install_int8
+
+    name = model if model.endswith("-int8") else f"{model}-int8"
+    first = create_encoder(name)
+    t0 = time.perf_counter()
+    ensure_int8(first, refs)
+    print(f"int8 calibration + quantisation (once per index): {time.perf_counter() - t0:.1f} s")
+    model_bytes, record = first.int8_model, first.int8_record
+
+    def load(enc):
+        install_int8(enc, model_bytes, record)
+
+    return _timed_embed(refs, create_encoder(name), "auto", batch, before=load)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=1000, help="images (fixed subset)")
     ap.add_argument("--model", default="efficientnet-lite0")
-    ap.add_argument("--runtime", default="auto,torch", help="pipeline runtimes, comma-separated")
+    ap.add_argument(
+        "--runtime",
+        default="auto,torch,int8",
+        help="pipeline runtimes, comma-separated (int8: the <model>-int8 variant)",
+    )
     ap.add_argument("--synthetic", action="store_true", help="generated images, not RadBench")
     args = ap.parse_args(argv)
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
-    bad = [r for r in runtimes if r not in ("auto", "torch", "onnx")]
+    bad = [r for r in runtimes if r not in ("auto", "torch", "onnx", "int8")]
     if bad:
-        print(f"--runtime: unknown {bad}; choose from auto, torch, onnx", file=sys.stderr)
+        print(f"--runtime: unknown {bad}; choose from auto, torch, onnx, int8", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         if args.synthetic or not (RADBENCH / "radbench.csv").exists():
@@ -117,10 +153,10 @@ def main(argv=None) -> int:
         print(f"naive loop:        {r_naive:7.1f} images/s")
         for rt in runtimes:
             r_pipe, v_pipe, info = pipeline(refs, args.model, rt)
-            cos = float((v_naive * v_pipe).sum(axis=1).min())
+            cos = (v_naive * v_pipe).sum(axis=1)
             print(
                 f"pipeline ({rt:5s}):  {r_pipe:7.1f} images/s  {r_pipe / r_naive:5.2f}x naive  "
-                f"min cosine {cos:.6f}  (runtime {info})"
+                f"cosine to naive min {cos.min():.6f} mean {cos.mean():.6f}  (runtime {info})"
             )
     print(f"load avg now {os.getloadavg()[0]:.1f} (machine shared: figures vary with contention)")
     return 0

@@ -77,7 +77,9 @@ def cmd_embed(args) -> int:
                 chunks[i].append(z[t])
     t0 = time.time()
     for start in range(done, len(paths), args.batch):
-        batch = np.stack([preprocess(load_rgb(RADBENCH / p), cfg) for p in paths[start : start + args.batch]])
+        batch = np.stack(
+            [preprocess(load_rgb(RADBENCH / p), cfg) for p in paths[start : start + args.batch]]
+        )
         x = torch.from_numpy(batch)
         if flip:
             x = x.flip(-1)
@@ -90,12 +92,20 @@ def cmd_embed(args) -> int:
             print(f"{view}: {done}/{len(paths)} {time.time() - t0:.0f}s", flush=True)
             chunks = [[np.concatenate(c)] for c in chunks]
             tmp = part.with_suffix(".tmp.npz")
-            np.savez(tmp, filepath=np.asarray(paths[:done]), **{t: c[0] for t, c in zip(ALL_TAPS, chunks, strict=True)})
+            np.savez(
+                tmp,
+                filepath=np.asarray(paths[:done]),
+                **{t: c[0] for t, c in zip(ALL_TAPS, chunks, strict=True)},
+            )
             os.replace(tmp, part)
     paths = paths[:done]
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, filepath=np.asarray(paths), **{t: np.concatenate(c) for t, c in zip(ALL_TAPS, chunks, strict=True)})
+    np.savez(
+        tmp,
+        filepath=np.asarray(paths),
+        **{t: np.concatenate(c) for t, c in zip(ALL_TAPS, chunks, strict=True)},
+    )
     os.replace(tmp, out)
     part.unlink(missing_ok=True)
     print(f"wrote {out} in {time.time() - t0:.0f}s")
@@ -124,7 +134,9 @@ def load_views(arch: str, views: list[str]) -> tuple[list[str], dict[str, dict[s
     return order, out
 
 
-def features(blocks: dict[str, dict[str, np.ndarray]], taps: list[tuple[str, float]], views: list[str]):
+def features(
+    blocks: dict[str, dict[str, np.ndarray]], taps: list[tuple[str, float]], views: list[str]
+):
     """What ``EfficientNetLiteFeatures`` computes: raw blocks averaged over views,
     each block L2-normalised and weighted, concatenated, L2-normalised."""
     parts = []
@@ -172,16 +184,36 @@ FEATURE_SETS = {
     "head-avg+b14-grid2+b10-grid2": [("head:avg", 1.0), ("b14:grid2", 1.0), ("b10:grid2", 1.0)],
     "b7-avg+b10-grid2+b14-grid2": [("b7:avg", 1.0), ("b10:grid2", 1.0), ("b14:grid2", 1.0)],
     "b7-avg+b10-avg+b14-grid2": [("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:grid2", 1.0)],
-    "b4-avg+b7-avg+b10-avg+b14-grid2": [("b4:avg", 1.0), ("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:grid2", 1.0)],
-    "b4-avg+b7-avg+b10-avg+b14-avg": [("b4:avg", 1.0), ("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:avg", 1.0)],
-    "b7-avg+b10-avg+b14-avg+head-grid2": [("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:avg", 1.0), ("head:grid2", 1.0)],
+    "b4-avg+b7-avg+b10-avg+b14-grid2": [
+        ("b4:avg", 1.0),
+        ("b7:avg", 1.0),
+        ("b10:avg", 1.0),
+        ("b14:grid2", 1.0),
+    ],
+    "b4-avg+b7-avg+b10-avg+b14-avg": [
+        ("b4:avg", 1.0),
+        ("b7:avg", 1.0),
+        ("b10:avg", 1.0),
+        ("b14:avg", 1.0),
+    ],
+    "b7-avg+b10-avg+b14-avg+head-grid2": [
+        ("b7:avg", 1.0),
+        ("b10:avg", 1.0),
+        ("b14:avg", 1.0),
+        ("head:grid2", 1.0),
+    ],
     "b10-gem": [("b10:gem", 1.0)],
     "b10-max": [("b10:max", 1.0)],
     "b14-max": [("b14:max", 1.0)],
     "b7-avg+b10-avg+b14-avg": [("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:avg", 1.0)],
     "b10-avg+b14-grid2": [("b10:avg", 1.0), ("b14:grid2", 1.0)],
     "b10-avg+b14-avg+head-gem": [("b10:avg", 1.0), ("b14:avg", 1.0), ("head:gem", 1.0)],
-    "b7-avg+b10-avg+b14-grid2+head-max": [("b7:avg", 1.0), ("b10:avg", 1.0), ("b14:grid2", 1.0), ("head:max", 1.0)],
+    "b7-avg+b10-avg+b14-grid2+head-max": [
+        ("b7:avg", 1.0),
+        ("b10:avg", 1.0),
+        ("b14:grid2", 1.0),
+        ("head:max", 1.0),
+    ],
 }
 
 
@@ -192,7 +224,9 @@ def cmd_study(args) -> int:
     views = args.views.split(",")
     order, blocks = load_views(args.arch, views)
     df, rows = split_rows(order)
-    print(f"{len(order)} rows ({', '.join(f'{k} {len(v)}' for k, v in rows.items())}), views {views}")
+    print(
+        f"{len(order)} rows ({', '.join(f'{k} {len(v)}' for k, v in rows.items())}), views {views}"
+    )
     names = args.sets.split(",") if args.sets else list(FEATURE_SETS)
     probe = Recipe(json.loads(args.recipe)) if args.recipe else None
     for name in names:
@@ -216,7 +250,9 @@ def cmd_final(args) -> int:
     order, blocks = load_views(args.arch, views)
     df, rows = split_rows(order)
     labels = df.label.to_numpy().astype(object)
-    print(f"{len(order)} rows ({', '.join(f'{k} {len(v)}' for k, v in rows.items())}), views {views}")
+    print(
+        f"{len(order)} rows ({', '.join(f'{k} {len(v)}' for k, v in rows.items())}), views {views}"
+    )
     table = []
     for name in args.sets.split(","):
         x = features(blocks, FEATURE_SETS[name], views)
@@ -230,22 +266,42 @@ def cmd_final(args) -> int:
         tuned = evaluate_features(x, df, rows, recipe, "test")
         out = CACHE / f"recipe-{args.arch}-{name}.json"
         spec = recipe.settings() if recipe else {"version": 1, "steps": {}}
-        spec["chosen_on"] = {"val_split": "val", "index_split": "train", "features": name, "views": views,
-                             "val_p@1_macro": best["p@1_macro"], "trials": len(trials)}
+        spec["chosen_on"] = {
+            "val_split": "val",
+            "index_split": "train",
+            "features": name,
+            "views": views,
+            "val_p@1_macro": best["p@1_macro"],
+            "trials": len(trials),
+        }
         out.write_text(json.dumps(spec, indent=2))
         for tag, m in (("plain", plain), ("recipe", tuned)):
-            row = {"features": name, "recipe": tag if tag == "plain" else (recipe.describe() if recipe else "none"),
-                   **{k: round(m[k], 4) for k in ("p@1_macro", "p@1_micro", "p@10_macro", "p@10_micro")},
-                   "knee_p@1": round(np.mean([v for k, v in m["per_label_p@1"].items() if k.startswith("xr_knee")]), 4)}
+            row = {
+                "features": name,
+                "recipe": tag if tag == "plain" else (recipe.describe() if recipe else "none"),
+                **{
+                    k: round(m[k], 4)
+                    for k in ("p@1_macro", "p@1_micro", "p@10_macro", "p@10_micro")
+                },
+                "knee_p@1": round(
+                    np.mean([v for k, v in m["per_label_p@1"].items() if k.startswith("xr_knee")]),
+                    4,
+                ),
+            }
             table.append(row)
             print(json.dumps(row), flush=True)
-        print(f"  tuned in {time.time() - t0:.0f}s on {len(va)} val queries; wrote {out} and {npz}", flush=True)
+        print(
+            f"  tuned in {time.time() - t0:.0f}s on {len(va)} val queries; wrote {out} and {npz}",
+            flush=True,
+        )
     (CACHE / f"final-{args.arch}.json").write_text(json.dumps(table, indent=2))
     return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("embed")
     p.add_argument("view", help="s224, s224f, s320 ...")

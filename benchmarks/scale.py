@@ -40,8 +40,9 @@ DEFAULT_TYPES = "flat,hnsw,hnsw-sq8,ivf-flat,ivf-sq8,ivf-pq,auto"
 def mixture(seed: int = 0, dim: int = DIM):
     rng = np.random.default_rng(seed)
     label_c = rng.standard_normal((N_LABELS, dim)).astype(np.float32) / np.sqrt(dim)
-    sub_c = (np.repeat(label_c, SUB, axis=0)
-             + 0.8 * rng.standard_normal((N_LABELS * SUB, dim)).astype(np.float32) / np.sqrt(dim))
+    sub_c = np.repeat(label_c, SUB, axis=0) + 0.8 * rng.standard_normal(
+        (N_LABELS * SUB, dim)
+    ).astype(np.float32) / np.sqrt(dim)
     basis = rng.standard_normal((N_LABELS * SUB, RANK, dim)).astype(np.float32) / np.sqrt(dim)
     return sub_c, basis
 
@@ -60,12 +61,12 @@ def sample(n: int, seed: int, dim: int = DIM, chunk: int = 200_000):
         order = np.argsort(c, kind="stable")
         bounds = np.searchsorted(c[order], np.arange(len(centres) + 1))
         for k in range(len(centres)):  # grouped by sub-cluster: no n x r x d temporary
-            idx = order[bounds[k]:bounds[k + 1]]
+            idx = order[bounds[k] : bounds[k + 1]]
             if len(idx):
                 x[idx] += z[idx] @ basis[k]
         x += 0.12 * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[s:s + m], labels[s:s + m] = x, c // SUB
+        out[s : s + m], labels[s : s + m] = x, c // SUB
     return out, labels
 
 
@@ -98,7 +99,7 @@ def measure(folder: str) -> dict:
     faiss.omp_set_num_threads(1)  # one query, one core: no OpenMP hand-offs
     for i in range(nq):
         t0 = time.perf_counter()
-        _, r = store.search(q[i:i + 1], 10)
+        _, r = store.search(q[i : i + 1], 10)
         lat.append(time.perf_counter() - t0)
         found[i] = r[0]
     faiss.omp_set_num_threads(threads)
@@ -129,8 +130,10 @@ def run(n: int, types: list[str], budget: str, work: Path, queries: int = 1000) 
     gen = time.perf_counter() - t0
     t0 = time.perf_counter()
     _, gt = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
-    print(f"n={n:,} d={DIM}: data {gen:.1f}s, exact ground truth {time.perf_counter() - t0:.1f}s",
-          flush=True)
+    print(
+        f"n={n:,} d={DIM}: data {gen:.1f}s, exact ground truth {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     np.savez(work / "queries.npz", q=q, gt=gt)
     rows = []
     for t in types:
@@ -149,7 +152,8 @@ def run(n: int, types: list[str], budget: str, work: Path, queries: int = 1000) 
         del store
         out = subprocess.run(
             [sys.executable, __file__, "--measure", str(folder)],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if out.returncode:
             raise RuntimeError(f"measuring {t} failed:\n{out.stderr[-3000:]}")
@@ -157,8 +161,14 @@ def run(n: int, types: list[str], budget: str, work: Path, queries: int = 1000) 
         built = spec.get("built", {"type": t})
         knob = {k: spec[k] for k in ("nprobe", "ef_search") if k in spec}
         row = {
-            "n": n, "type": t, "built": built, "knobs": knob, "build_s": build_s,
-            "bytes_per_vector": size / n, "build_recall_at_10": spec.get("recall_at_10"), **m,
+            "n": n,
+            "type": t,
+            "built": built,
+            "knobs": knob,
+            "build_s": build_s,
+            "bytes_per_vector": size / n,
+            "build_recall_at_10": spec.get("recall_at_10"),
+            **m,
         }
         rows.append(row)
         print(
@@ -178,15 +188,19 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[100_000])
     ap.add_argument("--types", default=DEFAULT_TYPES)
     ap.add_argument("--budget", default="1G", help="memory budget for auto")
-    ap.add_argument("--queries", type=int, default=1000, help="fresh queries (ground truth is exact)")
+    ap.add_argument(
+        "--queries", type=int, default=1000, help="fresh queries (ground truth is exact)"
+    )
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return 0
-    print(f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f} (shared machine: "
-          "latencies include contention)")
+    print(
+        f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f} (shared machine: "
+        "latencies include contention)"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="radsearch-scale-") as tmp:
         for n in args.n:

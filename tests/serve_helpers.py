@@ -1,5 +1,6 @@
-"""Shared by the serve tests: a small real index of synthetic pattern images, and a
-real uvicorn server (the hardened configuration ``radsearch serve`` runs) in a thread."""
+"""Shared by the serve tests: a small real index of synthetic pattern images, a real
+uvicorn server (the hardened configuration ``radsearch serve`` runs) in a thread, and
+Debian's Chromium for the UI tests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from pathlib import Path
 from conftest import make_pattern
 
 KINDS = ("stripes", "rings", "blob")
+CHROMIUM = Path("/usr/bin/chromium")
+# background networking would otherwise flood the closed network
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def pattern_index(root: Path, meta, size: int = 96) -> Path:
@@ -121,3 +133,23 @@ class ServeProcess:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(timeout=20)
+
+
+def launch_chromium():
+    """``with launch_chromium() as browser:`` Playwright driving Debian's Chromium."""
+    from contextlib import contextmanager
+
+    from playwright.sync_api import sync_playwright
+
+    @contextmanager
+    def run():
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True
+            )
+            try:
+                yield browser
+            finally:
+                browser.close()
+
+    return run()

@@ -46,7 +46,11 @@ def item_refs(labels):
     from radsearch.io.items import ItemRef
 
     return [
-        ItemRef(id=f"v{i}", source=f"/v{i}.png", metadata={"label": f"L{lab}", "patient_id": f"P{i // 3}"})
+        ItemRef(
+            id=f"v{i}",
+            source=f"/v{i}.png",
+            metadata={"label": f"L{lab}", "patient_id": f"P{i // 3}"},
+        )
         for i, lab in enumerate(labels)
     ]
 
@@ -88,7 +92,9 @@ def test_auto_policy_by_size_dim_and_budget():
     assert ann.estimate_bytes(pq, 10_000_000, 512) <= ann.parse_bytes("1G")
     with pytest.raises(RadsearchError, match="no index type fits"):
         ann.choose(10_000_000, 512, ann.parse_bytes("10M"))
-    assert ann.parse_bytes("512M") == 512 * 1024**2 and ann.parse_bytes("2.5GB") == int(2.5 * 1024**3)
+    assert ann.parse_bytes("512M") == 512 * 1024**2 and ann.parse_bytes("2.5GB") == int(
+        2.5 * 1024**3
+    )
     with pytest.raises(RadsearchError, match="memory budget"):
         ann.parse_bytes("lots")
     with pytest.raises(RadsearchError, match="not supported"):
@@ -97,7 +103,9 @@ def test_auto_policy_by_size_dim_and_budget():
 
 def test_auto_resolves_and_records_choice(tmp_path):
     x, lab = clustered(3000, dim=1280)
-    index = Index.create(tmp_path / "a", "efficientnet-lite0", store={"type": "auto", "memory_budget": "8M"})
+    index = Index.create(
+        tmp_path / "a", "efficientnet-lite0", store={"type": "auto", "memory_budget": "8M"}
+    )
     index.add(item_refs(lab), x)
     index.save()
     spec = Index.open(tmp_path / "a").manifest["store"]
@@ -111,7 +119,9 @@ def test_query_time_knobs_and_filters_on_ivf(tmp_path, monkeypatch):
     from radsearch.index import faiss_store
 
     x, lab = clustered(3000)
-    index = Index.create(tmp_path / "ivf", "efficientnet-lite0", store={"type": "ivf-flat", "nlist": 32})
+    index = Index.create(
+        tmp_path / "ivf", "efficientnet-lite0", store={"type": "ivf-flat", "nlist": 32}
+    )
     index.add(item_refs(lab), x)
     q = x[:20] + 0.01
     exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
@@ -125,7 +135,9 @@ def test_query_time_knobs_and_filters_on_ivf(tmp_path, monkeypatch):
     for limit in (faiss_store.EXACT_FILTER_ROWS, 0):
         monkeypatch.setattr(faiss_store, "EXACT_FILTER_ROWS", limit)
         res = search_vectors(index, q[:3], k=10, where={"label": "L1"})
-        assert all(len(r.hits) == 10 and {h.metadata["label"] for h in r.hits} == {"L1"} for r in res)
+        assert all(
+            len(r.hits) == 10 and {h.metadata["label"] for h in r.hits} == {"L1"} for r in res
+        )
         res = search_vectors(index, q[:3], k=10, one_per_patient=True)
         for r in res:
             pids = [h.metadata["patient_id"] for h in r.hits]
@@ -136,8 +148,20 @@ def test_cli_index_type_prints_recall_and_search_knobs(pattern_folder, tmp_path,
     from radsearch.cli import main
 
     out = tmp_path / "idx"
-    rc = main(["index", str(pattern_folder), "--out", str(out), "--label-from-folder",
-               "--no-progress", "--index-type", "hnsw", "--runtime", "torch"])
+    rc = main(
+        [
+            "index",
+            str(pattern_folder),
+            "--out",
+            str(out),
+            "--label-from-folder",
+            "--no-progress",
+            "--index-type",
+            "hnsw",
+            "--runtime",
+            "torch",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "recall@10 vs exact" in text and "hnsw" in text

@@ -25,8 +25,17 @@ def run(capsys, *argv):
 @pytest.fixture
 def built(pattern_folder, tmp_path, capsys):
     out = tmp_path / "idx"
-    code, stdout, _ = run(capsys, "index", pattern_folder, "--out", out, "--label-from-folder",
-                          "--no-progress", "--workers", "0")
+    code, stdout, _ = run(
+        capsys,
+        "index",
+        pattern_folder,
+        "--out",
+        out,
+        "--label-from-folder",
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     assert code == 0, stdout
     return pattern_folder, out
 
@@ -40,15 +49,28 @@ def test_index_then_search_json(built, capsys):
     assert q["query"].endswith("2.png") and len(q["hits"]) == 3
     top = q["hits"][0]
     assert set(top) >= {"rank", "score", "id", "source", "label"}
-    assert top["id"] == "rings/2.png" and top["rank"] == 1 and top["score"] == pytest.approx(1, abs=1e-4)
+    assert (
+        top["id"] == "rings/2.png"
+        and top["rank"] == 1
+        and top["score"] == pytest.approx(1, abs=1e-4)
+    )
     assert [h["rank"] for h in q["hits"]] == [1, 2, 3]
     assert q["suggestion"]["column"] == "label" and q["suggestion"]["value"] == "rings"
 
 
 def test_search_filters_and_text_output(built, capsys):
     folder, out = built
-    code, stdout, _ = run(capsys, "search", out, folder / "rings" / "0.png", "-k", "4",
-                          "--where", "label=blob", "--json")
+    code, stdout, _ = run(
+        capsys,
+        "search",
+        out,
+        folder / "rings" / "0.png",
+        "-k",
+        "4",
+        "--where",
+        "label=blob",
+        "--json",
+    )
     hits = json.loads(stdout)["queries"][0]["hits"]
     assert code == 0 and len(hits) == 4 and {h["label"] for h in hits} == {"blob"}
     code, stdout, _ = run(capsys, "search", out, folder / "stripes" / "1.png", "-k", "2")
@@ -58,8 +80,17 @@ def test_search_filters_and_text_output(built, capsys):
 def test_reindex_adds_only_new_items(built, capsys):
     folder, out = built
     Image.fromarray(np.full((64, 64), 200, np.uint8)).save(folder / "blob" / "new.png")
-    code, stdout, _ = run(capsys, "index", folder, "--out", out, "--label-from-folder",
-                          "--no-progress", "--workers", "0")
+    code, stdout, _ = run(
+        capsys,
+        "index",
+        folder,
+        "--out",
+        out,
+        "--label-from-folder",
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     assert code == 0 and "indexed 1 new item(s)" in stdout and "12 already present" in stdout
     assert Index.open(out).count == 13
 
@@ -72,7 +103,10 @@ def test_info_models_and_remove(built, capsys):
     assert "label" in info["metadata_columns"]
     code, stdout, _ = run(capsys, "models", "--json")
     names = {r["name"]: r for r in json.loads(stdout)}
-    assert names["efficientnet-lite0"]["weights_here"] is True and names["efficientnet-lite0"]["dim"] == 1280
+    assert (
+        names["efficientnet-lite0"]["weights_here"] is True
+        and names["efficientnet-lite0"]["dim"] == 1280
+    )
     code, stdout, _ = run(capsys, "remove", out, "rings/0.png", "rings/1.png")
     assert code == 0 and Index.open(out).count == 10 and Index.open(out).item("rings/0.png") is None
     code, _, _ = run(capsys, "remove", out, "not-there.png")
@@ -85,8 +119,17 @@ def test_unreadable_files_are_reported_and_skipped(built, capsys):
     (folder / "blob" / "text.png").write_text("this is not an image")
     good = folder / "blob" / "ok.png"
     Image.fromarray(np.full((64, 64), 90, np.uint8)).save(good)
-    code, stdout, stderr = run(capsys, "index", folder, "--out", out, "--label-from-folder",
-                               "--no-progress", "--workers", "0")
+    code, stdout, stderr = run(
+        capsys,
+        "index",
+        folder,
+        "--out",
+        out,
+        "--label-from-folder",
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     assert code == 0 and "indexed 1 new item(s)" in stdout and "2 failed" in stdout
     assert "empty.png" in stderr and "text.png" in stderr
     recs = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
@@ -111,8 +154,14 @@ def test_bad_input_gives_one_line_error_and_keeps_index(built, capsys, tmp_path,
     folder, out = built
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     before = (out / "manifest.json").read_text()
-    fmt = {"out": out, "missing": tmp_path / "missing.png", "tmp": tmp_path, "folder": folder,
-           "query": folder / "rings" / "0.png", "bad": tmp_path / "bad.png"}
+    fmt = {
+        "out": out,
+        "missing": tmp_path / "missing.png",
+        "tmp": tmp_path,
+        "folder": folder,
+        "query": folder / "rings" / "0.png",
+        "bad": tmp_path / "bad.png",
+    }
     code, _, stderr = run(capsys, *[a.format(**fmt) for a in argv])
     assert code == 1
     lines = [x for x in stderr.splitlines() if x.startswith("radsearch: error:")]
@@ -127,15 +176,19 @@ def test_all_items_unreadable_is_an_error(tmp_path, capsys):
     src.mkdir()
     (src / "a.png").write_bytes(b"")
     (src / "b.jpg").write_text("nope")
-    code, _, stderr = run(capsys, "index", src, "--out", tmp_path / "idx", "--no-progress",
-                          "--workers", "0")
+    code, _, stderr = run(
+        capsys, "index", src, "--out", tmp_path / "idx", "--no-progress", "--workers", "0"
+    )
     assert code == 1 and "none of 2 item(s) could be read" in stderr
     assert not (tmp_path / "idx" / "manifest.json").exists()
 
 
 def test_console_script_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "radsearch.cli", "search", str(tmp_path), "x.png"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "radsearch.cli", "search", str(tmp_path), "x.png"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and proc.stderr.startswith("radsearch: error:")
 
 

@@ -522,3 +522,22 @@ def test_parse_window():
     for bad in ("liver", "5,1", "1,2,3"):
         with pytest.raises(SourceError):
             parse_window(bad)
+
+
+def test_upload_frame_count_is_the_readers_check(tmp_path):
+    """The server's upload probe (and the study route's frame count) refuse an
+    impossible frame count with io's own rule."""
+    from radsearch.io.dicom import check_frame_count, read_dicom_header
+    from radsearch.io.upload import DecodeBudget, read_upload
+
+    grey = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    path = write_dicom(tmp_path / "frames.dcm", grey, NumberOfFrames=2**31 - 1)
+    with pytest.raises(ImageReadError) as io_err:
+        check_frame_count(read_dicom_header(path), path)
+    with open(path, "rb") as fh, pytest.raises(ImageReadError) as up_err:
+        read_upload(fh, "frames.dcm", max_pixels=10**8, budget=DecodeBudget())
+    assert "cannot hold them" in io_err.value.reason
+    assert up_err.value.reason == io_err.value.reason.replace(str(path), "upload")
+    with pytest.raises(ImageReadError) as count_err:
+        dicom_frame_count(path)
+    assert count_err.value.reason == io_err.value.reason

@@ -35,8 +35,12 @@ USER, PASSWORD = "ci", "pw"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(ORTHANC is None, reason="Orthanc not installed (apt-get install orthanc orthanc-dicomweb)"),
-    pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(), reason="orthanc-dicomweb plugin not installed"),
+    pytest.mark.skipif(
+        ORTHANC is None, reason="Orthanc not installed (apt-get install orthanc orthanc-dicomweb)"
+    ),
+    pytest.mark.skipif(
+        not DICOMWEB_PLUGIN.exists(), reason="orthanc-dicomweb plugin not installed"
+    ),
 ]
 
 
@@ -55,11 +59,18 @@ def orthanc(tmp_path_factory):
     if (PLUGINS / "libOrthancGdcm.so").exists():
         plugins.append(str(PLUGINS / "libOrthancGdcm.so"))
     config = {
-        "Name": "radsearch-test", "StorageDirectory": str(work / "db"),
-        "IndexDirectory": str(work / "db"), "HttpPort": port, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-        "DicomServerEnabled": False, "DicomPort": _free_port(), "SaveJobs": False,
-        "Plugins": plugins, "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "Name": "radsearch-test",
+        "StorageDirectory": str(work / "db"),
+        "IndexDirectory": str(work / "db"),
+        "HttpPort": port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD},
+        "DicomServerEnabled": False,
+        "DicomPort": _free_port(),
+        "SaveJobs": False,
+        "Plugins": plugins,
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     cfg = work / "orthanc.json"
     cfg.write_text(json.dumps(config))
@@ -89,8 +100,9 @@ def orthanc(tmp_path_factory):
         log.close()
 
 
-def wrap_as_dicom(rgb_or_grey: np.ndarray, path: Path, *, modality: str, body_part: str,
-                  patient: str) -> str:
+def wrap_as_dicom(
+    rgb_or_grey: np.ndarray, path: Path, *, modality: str, body_part: str, patient: str
+) -> str:
     """An 8-bit Secondary Capture instance holding the image; returns its SOP UID."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -145,8 +157,13 @@ def pacs_files(tmp_path_factory):
 
             Image.fromarray(grey).save(q)
             dcm = out / f"radbench-{n}.dcm"
-            sop = wrap_as_dicom(grey, dcm, modality=row["modality"] or "OT",
-                                body_part=(row["anatomy"] or "").upper(), patient=f"RB{n}")
+            sop = wrap_as_dicom(
+                grey,
+                dcm,
+                modality=row["modality"] or "OT",
+                body_part=(row["anatomy"] or "").upper(),
+                patient=f"RB{n}",
+            )
             wrapped.append((q, dcm, sop, row["label"]))
     else:
         from PIL import Image
@@ -162,7 +179,9 @@ def pacs_files(tmp_path_factory):
 
 
 def _upload(base: str, path: Path) -> dict:
-    r = requests.post(f"{base}/instances", data=path.read_bytes(), auth=(USER, PASSWORD), timeout=30)
+    r = requests.post(
+        f"{base}/instances", data=path.read_bytes(), auth=(USER, PASSWORD), timeout=30
+    )
     r.raise_for_status()
     return r.json()
 
@@ -175,8 +194,22 @@ def _index(url, out, *extra) -> str:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["index", f"dicomweb:{url}", "--out", str(out), "--no-progress", "--workers", "0",
-                   "--dicomweb-user", USER, "--dicomweb-password", PASSWORD, *extra])
+        rc = main(
+            [
+                "index",
+                f"dicomweb:{url}",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+                "--dicomweb-user",
+                USER,
+                "--dicomweb-password",
+                PASSWORD,
+                *extra,
+            ]
+        )
     assert rc == 0
     return buf.getvalue()
 
@@ -191,7 +224,9 @@ def test_index_search_and_link_back(orthanc, pacs_files, tmp_path, monkeypatch):
         _upload(orthanc, dcm)
     url = f"{orthanc}/dicom-web"
     out = tmp_path / "pacs-index"
-    frames = sum(int(pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames") or 1) for p in stock)
+    frames = sum(
+        int(pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames") or 1) for p in stock
+    )
     expected = frames + len(wrapped) - 1
 
     text = _index(url, out)
@@ -199,14 +234,26 @@ def test_index_search_and_link_back(orthanc, pacs_files, tmp_path, monkeypatch):
     index = Index.open(out)
     assert index.count == expected
     cols = index.items.column_names
-    for col in ("study_uid", "series_uid", "sop_uid", "modality", "body_part", "pacs_url", "viewer_url"):
+    for col in (
+        "study_uid",
+        "series_uid",
+        "sop_uid",
+        "modality",
+        "body_part",
+        "pacs_url",
+        "viewer_url",
+    ):
         assert col in cols
     assert "patient_name" not in cols and "patient_birth_date" not in cols
     mods = set(index.items.column("modality").to_pylist())
     assert {"CT", "MR"} <= mods
     ct = pydicom.dcmread(stock[0], stop_before_pixels=True)
     row = index.item(ct.SOPInstanceUID)
-    assert row and row["study_uid"] == ct.StudyInstanceUID and row["series_uid"] == ct.SeriesInstanceUID
+    assert (
+        row
+        and row["study_uid"] == ct.StudyInstanceUID
+        and row["series_uid"] == ct.SeriesInstanceUID
+    )
     assert row["body_part"] == str(ct.get("BodyPartExamined", "")).strip()
     emri = pydicom.dcmread(stock[2], stop_before_pixels=True)
     assert index.item(f"{emri.SOPInstanceUID}#frame=9") is not None  # one item per frame
@@ -239,8 +286,9 @@ def test_index_search_and_link_back(orthanc, pacs_files, tmp_path, monkeypatch):
     from radsearch.serve import create_app
 
     client = TestClient(create_app(out), base_url="http://127.0.0.1")  # a Host it serves
-    res = client.post("/api/search", files={"file": ("q.png", q.read_bytes(), "image/png")},
-                      data={"k": "3"}).json()
+    res = client.post(
+        "/api/search", files={"file": ("q.png", q.read_bytes(), "image/png")}, data={"k": "3"}
+    ).json()
     top = res["hits"][0]
     assert top["id"] == sop and top["viewer_url"].startswith(orthanc) and "patient_id" not in top
     assert client.get("/api/info").json()["pacs_links"] is True
@@ -264,13 +312,27 @@ def test_wrong_credentials_fail_with_a_hint(orthanc, tmp_path):
     from radsearch.io.dicomweb import iter_dicomweb
 
     with pytest.raises(SourceError, match="dicomweb-password"):
-        iter_dicomweb(f"dicomweb:{orthanc}/dicom-web", user=USER, password="nope",
-                      cache_dir=tmp_path)
+        iter_dicomweb(
+            f"dicomweb:{orthanc}/dicom-web", user=USER, password="nope", cache_dir=tmp_path
+        )
     from radsearch.cli import main
 
     out = tmp_path / "never"
-    assert main(["index", f"dicomweb:{orthanc}/dicom-web", "--out", str(out),
-                 "--dicomweb-user", USER, "--dicomweb-password", "nope"]) == 1
+    assert (
+        main(
+            [
+                "index",
+                f"dicomweb:{orthanc}/dicom-web",
+                "--out",
+                str(out),
+                "--dicomweb-user",
+                USER,
+                "--dicomweb-password",
+                "nope",
+            ]
+        )
+        == 1
+    )
     assert not out.exists()  # no empty index left behind
     with pytest.raises(SourceError, match="expected dicomweb:http"):
         iter_dicomweb("dicomweb:ftp://x", cache_dir=tmp_path)

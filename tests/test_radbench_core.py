@@ -19,7 +19,9 @@ def test_pathology_p_at_1_on_radbench(radbench_lite0, radbench_index):
     labels = np.array([refs[i].metadata["label"] for i in test_rows])
     top = np.array([r.hits[0].metadata["label"] for r in results])
     p1 = float((top == labels).mean())
-    print(f"\nRadBench efficientnet-lite0 pathology P@1 (micro) over {len(labels)} test rows: {p1:.4f}")
+    print(
+        f"\nRadBench efficientnet-lite0 pathology P@1 (micro) over {len(labels)} test rows: {p1:.4f}"
+    )
     assert p1 >= 0.68
 
 
@@ -38,7 +40,11 @@ def test_image_queries_match_the_vector_path(radbench_lite0, radbench_index):
 
 def test_one_per_patient_on_radbench(radbench_lite0, radbench_index):
     refs, emb = radbench_lite0
-    knee = [i for i, r in enumerate(refs) if r.metadata["split"] == "test" and r.metadata["dataset"] == "knee_oa_xray"][:5]
+    knee = [
+        i
+        for i, r in enumerate(refs)
+        if r.metadata["split"] == "test" and r.metadata["dataset"] == "knee_oa_xray"
+    ][:5]
     for res in search_vectors(radbench_index, emb[knee], k=10, one_per_patient=True):
         pids = [h.metadata["patient_id"] for h in res.hits]
         assert len(res.hits) == 10 and len(set(pids)) == 10

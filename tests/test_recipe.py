@@ -164,7 +164,7 @@ class _AsymmetricEncoder:
         self.w = np.random.default_rng(0).standard_normal((3 * 8 * 8, 5)).astype(np.float32)
 
     def preprocess_fn(self):
-        return lambda rgb: (np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0)
+        return lambda rgb: np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0
 
     def collate(self, arrays):
         return np.stack(arrays)
@@ -181,7 +181,9 @@ def test_flip_tta_makes_queries_flip_invariant():
     img = (np.random.default_rng(1).random((8, 8, 3)) * 255).astype(np.uint8)
     mirror = img[:, ::-1]
     plain = Recipe({})
-    assert not np.allclose(plain.encode_queries(enc, [img]), plain.encode_queries(enc, [mirror]), atol=1e-3)
+    assert not np.allclose(
+        plain.encode_queries(enc, [img]), plain.encode_queries(enc, [mirror]), atol=1e-3
+    )
     tta = Recipe({"flip": True})
     assert np.allclose(tta.encode_queries(enc, [img]), tta.encode_queries(enc, [mirror]), atol=1e-5)
 
@@ -198,7 +200,9 @@ def test_manifest_round_trip_and_validation(tmp_path):
     with pytest.raises(RadsearchError):
         Recipe({"qe": {"depth": 2}})
     f = tmp_path / "r.json"
-    f.write_text(json.dumps({"version": 1, "steps": {"qe": {"k": 2}}, "chosen_on": {"val_split": "val"}}))
+    f.write_text(
+        json.dumps({"version": 1, "steps": {"qe": {"k": 2}}, "chosen_on": {"val_split": "val"}})
+    )
     assert load_recipe(str(f)).steps["qe"]["k"] == 2
     assert load_recipe("none") is None
 
@@ -253,11 +257,18 @@ def _register_tiny_family():
     def _load(cfg, weights):
         torch.manual_seed(0)
         conv = torch.nn.Conv2d(3, 24, 5, stride=2)
-        return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+        return torch.nn.Sequential(
+            conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()
+        )
 
     return register_encoder(
-        EncoderConfig(name="test-recipe-tiny", family="test-recipe-tiny", model_id="tiny", dim=96,
-                      input_size=32)
+        EncoderConfig(
+            name="test-recipe-tiny",
+            family="test-recipe-tiny",
+            model_id="tiny",
+            dim=96,
+            input_size=32,
+        )
     )
 
 
@@ -272,7 +283,15 @@ def tiny_recipe_index(tmp_path, pattern_folder):
     build_index(refs, tmp_path / "ix", model=cfg.name, workers=0, progress=False)
     index = Index.open(tmp_path / "ix")
     index.set_recipe(
-        Recipe({"whiten": {"dim": 8}, "dba": {"k": 2}, "qe": {"k": 2}, "rerank": {"k1": 4, "k2": 2}, "flip": {}})
+        Recipe(
+            {
+                "whiten": {"dim": 8},
+                "dba": {"k": 2},
+                "qe": {"k": 2},
+                "rerank": {"k1": 4, "k2": 2},
+                "flip": {},
+            }
+        )
     )
     index.save()
     return tmp_path / "ix", sorted(pattern_folder.rglob("*.png"))
@@ -303,7 +322,9 @@ def test_search_serve_and_knn_rows_agree(tiny_recipe_index):
     client = TestClient(create_app(path), base_url="http://127.0.0.1")
     for q, expect in zip(queries, via_search, strict=True):
         with open(q, "rb") as fh:
-            resp = client.post("/api/search", files={"file": (q.name, fh, "image/png")}, data={"k": str(k)})
+            resp = client.post(
+                "/api/search", files={"file": (q.name, fh, "image/png")}, data={"k": str(k)}
+            )
         assert resp.status_code == 200, resp.text
         assert [h["id"] for h in resp.json()["hits"]] == expect
 
@@ -364,14 +385,38 @@ def test_tune_cli_writes_recipe_and_refuses_test(tmp_path, capsys):
     ix.add([ItemRef(r.id, r.source) for r in refs[:100]], vecs[:100])
     ix.save()
     out = tmp_path / "best.json"
-    argv = ["tune", str(tmp_path / "m.csv"), "--embeddings", str(tmp_path / "e.npz"), "--grid", "quick",
-            "--out", str(out), "--quiet", "--apply", str(tmp_path / "ix")]
+    argv = [
+        "tune",
+        str(tmp_path / "m.csv"),
+        "--embeddings",
+        str(tmp_path / "e.npz"),
+        "--grid",
+        "quick",
+        "--out",
+        str(out),
+        "--quiet",
+        "--apply",
+        str(tmp_path / "ix"),
+    ]
     assert main(argv) == 0
     spec = json.loads(out.read_text())
     assert spec["chosen_on"]["val_split"] == "val" and spec["chosen_on"]["queries"] == 30
     assert spec["trials"][0]["steps"] == {}
     assert Index.open(tmp_path / "ix").manifest["recipe"]["steps"] == spec["steps"]
     assert load_recipe(str(out)).steps == spec["steps"]
-    assert main(["tune", str(tmp_path / "m.csv"), "--embeddings", str(tmp_path / "e.npz"),
-                 "--val-split", "test", "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "tune",
+                str(tmp_path / "m.csv"),
+                "--embeddings",
+                str(tmp_path / "e.npz"),
+                "--val-split",
+                "test",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "test split" in capsys.readouterr().err

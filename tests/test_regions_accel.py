@@ -13,7 +13,9 @@ def test_region_maps_on_onnx_match_eager(one_torch_thread, pattern_folder):
     from radsearch.encoders.accel import accelerate_spatial
 
     encoder = create_encoder("efficientnet-lite0")
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(pattern_folder.rglob("*.png"))]
+    images = [
+        np.asarray(Image.open(p).convert("RGB")) for p in sorted(pattern_folder.rglob("*.png"))
+    ]
     batch = encoder.collate([encoder.preprocess(img) for img in images[:6]])
     eager = encoder.feature_grid(batch, "b10")
     accelerate_spatial(encoder, "b10", runtime="onnx")

@@ -24,10 +24,16 @@ from serve_helpers import KINDS, pattern_index  # noqa: E402
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory):
     """12 synthetic images, 3 labels, with PHI columns in the manifest; real encoder."""
-    return pattern_index(tmp_path_factory.mktemp("serve"), lambda kind, n: {
-        "label": kind, "modality": "XR" if n % 2 else "CT", "patient_id": f"P{n}",
-        "patient_name": f"Doe^Jane{n}", "patient_birth_date": "19700101",
-    })
+    return pattern_index(
+        tmp_path_factory.mktemp("serve"),
+        lambda kind, n: {
+            "label": kind,
+            "modality": "XR" if n % 2 else "CT",
+            "patient_id": f"P{n}",
+            "patient_name": f"Doe^Jane{n}",
+            "patient_birth_date": "19700101",
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +46,9 @@ def query_png(tmp_path_factory) -> bytes:
 def _client(index, **kw) -> TestClient:
     from radsearch.serve import create_app
 
-    return TestClient(create_app(index, **kw), base_url="http://127.0.0.1",
-                      raise_server_exceptions=False)
+    return TestClient(
+        create_app(index, **kw), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,9 @@ def client(small_index):
 
 def _search(client, png, name="q.png", headers=None, **fields):
     data = {"k": "5", **{k: str(v) for k, v in fields.items()}}
-    return client.post("/api/search", files={"file": (name, png, "image/png")}, data=data,
-                       headers=headers or {})
+    return client.post(
+        "/api/search", files={"file": (name, png, "image/png")}, data=data, headers=headers or {}
+    )
 
 
 def test_health_info_docs(client):
@@ -116,9 +124,16 @@ def test_item_image_and_thumbnail(client):
     assert client.get("/api/items/img/blob-2.png/image", params={"size": 5}).status_code == 422
 
 
-@pytest.mark.parametrize("item_id", [
-    "img/nope.png", "../manifest.csv", "%2E%2E/manifest.csv", "/etc/passwd", "%2Fetc%2Fpasswd",
-])
+@pytest.mark.parametrize(
+    "item_id",
+    [
+        "img/nope.png",
+        "../manifest.csv",
+        "%2E%2E/manifest.csv",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+    ],
+)
 def test_only_indexed_ids_are_served(client, small_index, item_id):
     for suffix in ("/image", ""):
         r = client.get(f"/api/items/{item_id}{suffix}")
@@ -128,12 +143,18 @@ def test_only_indexed_ids_are_served(client, small_index, item_id):
 
 def test_token_required_on_every_api_call(small_index, query_png):
     c = _client(small_index, token="s3cret")
-    for method, url in [("get", "/api/health"), ("get", "/api/info"),
-                        ("get", "/api/items/img/blob-2.png"), ("get", "/api/items/img/blob-2.png/image")]:
+    for method, url in [
+        ("get", "/api/health"),
+        ("get", "/api/info"),
+        ("get", "/api/items/img/blob-2.png"),
+        ("get", "/api/items/img/blob-2.png/image"),
+    ]:
         assert getattr(c, method)(url).status_code == 401, url
         assert getattr(c, method)(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert getattr(c, method)(url, headers={"Authorization": "Basic s3cret"}).status_code == 401
-        assert getattr(c, method)(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert (
+            getattr(c, method)(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        )
     r = _search(c, query_png)
     assert r.status_code == 401 and "token" in r.json()["error"]
     assert r.headers["www-authenticate"].startswith("Bearer")
@@ -150,8 +171,10 @@ def test_upload_cap_413(small_index, query_png):
 
     # a chunked body (no Content-Length) is cut off while streaming
     boundary = "xyzzy"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def body():
         yield head
@@ -159,8 +182,11 @@ def test_upload_cap_413(small_index, query_png):
             yield b"\0" * 8192
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = c.post("/api/search", content=body(),
-               headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = c.post(
+        "/api/search",
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert r.status_code == 413 and "too large" in r.json()["error"]
     # the file part alone is also checked against the cap (body slack does not leak through)
     assert _search(c, query_png).status_code == 413
@@ -170,7 +196,10 @@ def test_pixel_cap_422(small_index, query_png):
     c = _client(small_index, max_pixels=64 * 64)
     r = _search(c, query_png)  # 96 x 96
     assert r.status_code == 422
-    assert r.json()["error"] == "q.png: image too large: 96x96 pixels > limit 4096 (radsearch serve --max-pixels)"
+    assert (
+        r.json()["error"]
+        == "q.png: image too large: 96x96 pixels > limit 4096 (radsearch serve --max-pixels)"
+    )
 
 
 def test_pixel_cap_checked_before_decoding(small_index):
@@ -288,8 +317,22 @@ def test_nifti_indexed_with_lung_window_is_served_with_it(tmp_path, capsys):
     path = tmp_path / "chest.nii.gz"
     nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
     out = tmp_path / "idx"
-    assert main(["index", str(path), "--out", str(out), "--nifti-window", "lung",
-                 "--no-progress", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                str(path),
+                "--out",
+                str(out),
+                "--nifti-window",
+                "lung",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     index = Index.open(out)
     c = _client(out)

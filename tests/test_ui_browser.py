@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import REPO, make_pattern
+from serve_helpers import CHROMIUM, launch_chromium, pattern_index
 from serve_helpers import LiveServer as _Server
-from serve_helpers import pattern_index
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("playwright")
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 ARTIFACTS = REPO / "artifacts"
 
 pytestmark = [
@@ -55,12 +49,8 @@ def ui_index(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+    with launch_chromium() as b:
         yield b
-        b.close()
 
 
 def _wait_thumbs(page):
@@ -158,8 +148,12 @@ def test_keyboard_only(ui_index, browser):
         _wait_thumbs(page)
         # Tab reaches the hits; Enter enlarges, Escape closes and gives focus back
         page.focus("#grid li.hit")
-        page.keyboard.press("Tab")  # the hit's own PACS link, then the next hit
+        page.keyboard.press("Tab")  # the hit's own PACS link, its buttons, then the next hit
         assert page.evaluate("document.activeElement.className") == "pacs"
+        for label in ("Why similar: similarity maps of hit #1", "Relevant: hit #1",
+                      "Not relevant: hit #1"):  # regions.js
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.getAttribute('aria-label')") == label
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.dataset.id") is not None
         focused = page.evaluate("document.activeElement.dataset.id")

@@ -4,27 +4,15 @@ order with a slice scroller; a screenshot under ``artifacts/``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from conftest import REPO, make_pattern
-from serve_helpers import LiveServer, pattern_index
+from serve_helpers import CHROMIUM, LiveServer, launch_chromium, pattern_index
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("playwright")
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = REPO / "artifacts"
 
 pytestmark = [
@@ -47,14 +35,11 @@ def study_index(tmp_path_factory):
 
 
 def test_study_mode_cards_and_slice_scroller(study_index):
-    from playwright.sync_api import sync_playwright
-
     from radsearch.serve import create_app
 
     queries = [str(study_index.parent / f"q{n}.png") for n in range(2)]
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p, LiveServer(create_app(study_index)) as url:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+    with launch_chromium() as browser, LiveServer(create_app(study_index)) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -93,4 +78,3 @@ def test_study_mode_cards_and_slice_scroller(study_index):
         page.wait_for_function("!document.getElementById('viewer').open")
         assert page.is_hidden("#viewer-scroll")
         assert not errors, errors
-        browser.close()

@@ -16,7 +16,6 @@ import torch
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-
 def hf_snapshot_dir(cache: Path, repo_id: str) -> Path:
     """Create ``models--org--name/{refs/main, snapshots/<hash>/}`` as the HF cache does."""
     repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
@@ -41,29 +40,73 @@ def tiny_hf(kind: str):
 
     torch.manual_seed(0)
     if kind == "dinov2":
-        return t.Dinov2Model(t.Dinov2Config(hidden_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=64,
-                                            image_size=56, patch_size=14))
+        return t.Dinov2Model(
+            t.Dinov2Config(
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                image_size=56,
+                patch_size=14,
+            )
+        )
     if kind == "vit":
-        return t.ViTModel(t.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=64, image_size=224, patch_size=32))
+        return t.ViTModel(
+            t.ViTConfig(
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                image_size=224,
+                patch_size=32,
+            )
+        )
     if kind == "vit_mae":
-        return t.ViTMAEModel(t.ViTMAEConfig(hidden_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, intermediate_size=64,
-                                            image_size=224, patch_size=32, mask_ratio=0.75))
+        return t.ViTMAEModel(
+            t.ViTMAEConfig(
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                image_size=224,
+                patch_size=32,
+                mask_ratio=0.75,
+            )
+        )
     if kind == "resnet":
-        return t.ResNetModel(t.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                            layer_type="basic"))
+        return t.ResNetModel(
+            t.ResNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
+            )
+        )
     if kind == "sam":
-        vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64,
-                      image_size=1024, patch_size=128, output_channels=16, window_size=4,
-                      global_attn_indexes=[0])
+        vision = dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_dim=64,
+            image_size=1024,
+            patch_size=128,
+            output_channels=16,
+            window_size=4,
+            global_attn_indexes=[0],
+        )
         cfg = t.SamConfig(
             vision_config=vision,
-            prompt_encoder_config=dict(hidden_size=16, image_size=1024, patch_size=128,
-                                       image_embedding_size=8, mask_input_channels=4),
-            mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_attention_heads=2,
-                                     num_hidden_layers=1, iou_head_hidden_dim=16),
+            prompt_encoder_config=dict(
+                hidden_size=16,
+                image_size=1024,
+                patch_size=128,
+                image_embedding_size=8,
+                mask_input_channels=4,
+            ),
+            mask_decoder_config=dict(
+                hidden_size=16,
+                mlp_dim=32,
+                num_attention_heads=2,
+                num_hidden_layers=1,
+                iou_head_hidden_dim=16,
+            ),
         )
         return randomise(t.SamModel(cfg))
     raise ValueError(kind)
@@ -83,14 +126,27 @@ def randomise(model, std: float = 0.05):
 TINY_OPEN_CLIP = {
     "model_cfg": {
         "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                       "patch_size": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 16,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
     },
-    "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
-                       "std": [0.26862954, 0.26130258, 0.27577711],
-                       "interpolation": "bicubic", "resize_mode": "shortest"},
+    "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    },
 }
 
 
@@ -141,9 +197,17 @@ _TO_SEGMENT_ANYTHING = [
     ("neck.norm2.", "neck.3."),
 ]
 
-TINY_SAM_VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
-                       image_size=64, patch_size=16, output_channels=16, window_size=2,
-                       global_attn_indexes=[1])
+TINY_SAM_VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    mlp_dim=64,
+    image_size=64,
+    patch_size=16,
+    output_channels=16,
+    window_size=2,
+    global_attn_indexes=[1],
+)
 
 
 def save_tiny_sam_checkpoint(path: Path) -> tuple[Path, dict]:
@@ -159,7 +223,8 @@ def save_tiny_sam_checkpoint(path: Path) -> tuple[Path, dict]:
     sam_state = {}
     for key, value in hf_state.items():
         new = key.replace("neck.layer_norm1.", "neck.norm1.").replace(
-            "neck.layer_norm2.", "neck.norm2.")
+            "neck.layer_norm2.", "neck.norm2."
+        )
         for old, rep in _TO_SEGMENT_ANYTHING:
             new = new.replace(old, rep)
         sam_state[new] = value
@@ -181,14 +246,17 @@ def synthetic_images(size: int = 80) -> list[np.ndarray]:
 
 # MedCLIP-ViT: Swin keys as the transformers of 2022 wrote them (the released checkpoint),
 # written independently of the loader (which relies on transformers' own renaming).
-TINY_SWIN = dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=7, image_size=56,
-                 patch_size=4)
+TINY_SWIN = dict(
+    embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=7, image_size=56, patch_size=4
+)
 _TO_SWIN_2022 = [
     ("attention.q_proj.", "attention.self.query."),
     ("attention.k_proj.", "attention.self.key."),
     ("attention.v_proj.", "attention.self.value."),
-    ("attention.relative_position_bias.relative_position_bias_table",
-     "attention.self.relative_position_bias_table"),
+    (
+        "attention.relative_position_bias.relative_position_bias_table",
+        "attention.self.relative_position_bias_table",
+    ),
     ("attention.o_proj.", "attention.output.dense."),
     ("mlp.fc1.", "intermediate.dense."),
     ("mlp.fc2.", "output.dense."),
@@ -215,7 +283,8 @@ def save_tiny_medclip(directory: Path, proj_dim: int = 24):
         if name.endswith("blocks.0") or name.endswith("blocks.1"):
             n = TINY_SWIN["window_size"] ** 2
             state[f"vision_model.model.{name}.attention.self.relative_position_index"] = (
-                torch.zeros(n * n, dtype=torch.long))
+                torch.zeros(n * n, dtype=torch.long)
+            )
     projection = torch.randn(proj_dim, swin.num_features) * 0.1
     state["vision_model.projection_head.weight"] = projection
     state["text_model.projection_head.weight"] = torch.randn(proj_dim, 8)

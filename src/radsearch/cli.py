@@ -18,7 +18,7 @@ from importlib.util import find_spec
 from radsearch.cli_output import print_results
 from radsearch.errors import RadsearchError
 from radsearch.regions.cli import add_region_args, region_options
-from radsearch.source_args import add_source_args, refs_from_args
+from radsearch.source_args import add_source_args, refs_from_args, source_cache
 
 # Modules that add their own sub-commands: each has ``register(subparsers)``.
 _STAGE_MODULES = [
@@ -90,6 +90,7 @@ def cmd_index(args) -> int:
         engine=args.engine,
         engine_options={"address": args.ray_address} if args.engine == "ray" else None,
         regions=False if args.no_regions else None,
+        reuse_cache=None if args.no_cache else source_cache(args),
     )
     idx = report.index
     print(
@@ -97,6 +98,8 @@ def cmd_index(args) -> int:
         f"({idx.count} total, encoder {idx.encoder_name}, dim {idx.dim}); "
         f"{report.skipped_existing} already present; {len(report.failures)} failed"
     )
+    if report.reused:
+        print(f"  {report.reused} vector(s) reused from the embedding cache")
     if report.recall_at_10 is not None and hasattr(idx.store, "describe"):
         print(f"  {idx.store.describe()}")
     for rec in report.failures[:20]:
@@ -233,6 +236,12 @@ def _register_index(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="decode worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cache-dir",
+        help="embedding cache shared with evaluate and tune: vectors of the same files under "
+        "the same encoder are reused (default ~/.cache/radsearch/evaluate)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="encode everything, read no cache")
     from radsearch.index.ann import TYPES
 
     g = p.add_argument_group("scale (new indexes: store and index type)")

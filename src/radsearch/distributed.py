@@ -124,6 +124,7 @@ def embed_refs_ray(
 ) -> EmbedResult:
     """``embed_refs`` on Ray Data: same arguments, same shards, same ``EmbedResult``."""
     from radsearch.encoders.accel import accelerate, cpu_threads
+    from radsearch.encoders.quantize import ensure_int8
 
     writer, pending, bar = start_run(refs, encoder, work_dir, shard_size, progress, desc)
     try:
@@ -131,6 +132,7 @@ def embed_refs_ray(
             ray = init_ray(address)
             import ray.data  # noqa: F811 (the submodule)
 
+            ensure_int8(encoder, refs)  # int8 variants: calibrated on the first of refs
             if len(pending) >= 2 * batch_size:
                 accelerate(encoder, runtime)
             cpus = int(ray.cluster_resources().get("CPU", cpu_threads()))

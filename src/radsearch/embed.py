@@ -254,11 +254,13 @@ def embed_refs(
     from torch.utils.data import DataLoader
 
     from radsearch.encoders.accel import accelerate, inference_threads
+    from radsearch.encoders.quantize import ensure_int8
 
     writer, pending, bar = start_run(refs, encoder, work_dir, shard_size, progress, desc)
     workers = default_workers() if workers is None else workers
     try:
         if pending:
+            ensure_int8(encoder, refs)  # int8 variants: calibrated on the first of refs
             if len(pending) >= 2 * batch_size:  # worth a runtime check
                 accelerate(encoder, runtime)
             torch.set_num_threads(inference_threads())

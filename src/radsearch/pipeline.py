@@ -37,6 +37,7 @@ class BuildReport:
     skipped_existing: int
     failures: list[dict] = field(default_factory=list)
     recall_at_10: float | None = None
+    reused: int = 0  # vectors taken from the shared embedding cache (``reuse_cache``)
 
 
 def open_or_create(out: str | Path, model: str | None, store: dict | None = None) -> Index:
@@ -102,11 +103,16 @@ def build_index(
     engine: str = "local",
     engine_options: dict | None = None,
     regions: bool | None = None,
+    reuse_cache: tuple | None = None,
 ) -> BuildReport:
     """Add every item of ``refs`` not yet in the index at ``out`` (created if needed).
 
     ``regions``: keep region features (``radsearch.regions``) in a new index; default:
-    when the encoder has a spatial output. An index that has them keeps them."""
+    when the encoder has a spatial output. An index that has them keeps them.
+    ``reuse_cache``: ``(cache folder or None for the default, root of the item ids)``:
+    take the vectors ``evaluate``/``tune`` already cached for the same ids, root and
+    encoder hash instead of encoding them (the region pass, if on, still runs: it is
+    a pass of its own, see ``radsearch.regions.extract``)."""
     refuse_foreign(Path(out))
     with writing(out):
         index = open_or_create(out, model, store)
@@ -116,9 +122,17 @@ def build_index(
         if not new:
             write_failures(index.path, [])
             return BuildReport(index, 0, skipped)
-        result = _embed(
-            index, new, device, weights, batch_size, workers, progress, engine, engine_options
-        )
+        encoder = index.encoder(device=device, weights=weights)
+        from radsearch.encoders.quantize import ensure_int8
+
+        ensure_int8(encoder, new)  # an int8 variant's first batch calibrates its model
+        work = index.path / WORK / encoder.config.hash
+        reused = 0
+        if reuse_cache is not None:
+            from radsearch.evaluate.embeddings import seed_from_cache
+
+            reused = seed_from_cache(work, encoder.config, new, *reuse_cache)
+        result = _embed(encoder, work, new, batch_size, workers, progress, engine, engine_options)
         from radsearch.regions.extract import codes_for_new_items
 
         codes = codes_for_new_items(index, result.refs, regions, batch_size, workers, progress)
@@ -129,7 +143,7 @@ def build_index(
         write_failures(index.path, result.failures)
         shutil.rmtree(index.path / WORK, ignore_errors=True)
     recall = (index.manifest.get("store") or {}).get("recall_at_10")
-    return BuildReport(index, added, skipped, result.failures, recall)
+    return BuildReport(index, added, skipped, result.failures, recall, reused)
 
 
 def _attach_shipped_recipe(index, model: str | None) -> None:
@@ -142,9 +156,7 @@ def _attach_shipped_recipe(index, model: str | None) -> None:
         index.set_recipe(recipe)
 
 
-def _embed(index, new, device, weights, batch_size, workers, progress, engine, options):
-    encoder = index.encoder(device=device, weights=weights)
-    work = index.path / WORK / encoder.config.hash
+def _embed(encoder, work, new, batch_size, workers, progress, engine, options):
     if engine == "local":
         from radsearch.embed import embed_refs
 

@@ -189,7 +189,9 @@ class Recipe:
             raise RadsearchError(f"recipe must be a JSON object, got {type(spec).__name__}")
         version = spec.get("version", RECIPE_VERSION)
         if version > RECIPE_VERSION:
-            raise RadsearchError(f"recipe version {version} is newer than this radsearch ({RECIPE_VERSION})")
+            raise RadsearchError(
+                f"recipe version {version} is newer than this radsearch ({RECIPE_VERSION})"
+            )
         steps = spec.get("steps", {k: v for k, v in spec.items() if k in DEFAULTS})
         recipe = cls(steps)
         if state is not None and spec.get("state_digest") == _digest(state):

@@ -60,3 +60,19 @@ def refs_from_args(args) -> list:
             nifti_window=window,
         )
     )
+
+
+def source_cache(args) -> tuple | None:
+    """``(cache folder, root)`` under which ``evaluate`` and ``tune`` cache the vectors of
+    this source's items (their ids are paths relative to the root: ``--root`` or the
+    CSV's folder, the folder itself, a file's folder); None for a PACS."""
+    from pathlib import Path
+
+    if str(args.source).startswith("dicomweb:"):
+        return None
+    src = Path(args.source)
+    if src.suffix.lower() == ".csv" and not src.is_dir():
+        root = Path(args.root) if args.root else src.parent
+    else:
+        root = src if src.is_dir() else src.parent
+    return getattr(args, "cache_dir", None), root

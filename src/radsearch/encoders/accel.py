@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -194,16 +195,56 @@ def _probe(size: int, n: int = 4) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def _run(module, batch: np.ndarray) -> tuple[np.ndarray, float]:
+def _timed(module, x) -> tuple[np.ndarray, float]:
+    """``module(x)`` as float32 numpy, and the seconds it took."""
     import torch
 
-    x = torch.from_numpy(batch)
     with torch.inference_mode():
         t0 = time.perf_counter()
         y = module(x)
         dt = time.perf_counter() - t0
-    y = torch.nn.functional.normalize(y.float(), dim=-1).numpy()
-    return y, dt
+    return y.float().numpy(), dt
+
+
+def _normalised(y: np.ndarray) -> np.ndarray:
+    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+
+def _run(module, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """L2-normalised vectors of ``module`` for ``batch``, and the seconds it took."""
+    import torch
+
+    y, dt = _timed(module, torch.from_numpy(batch))
+    return _normalised(y), dt
+
+
+@dataclass
+class OnnxTrial:
+    """An ONNX export of a module and both runs of it on the probe batch."""
+
+    module: OnnxModule
+    eager_out: np.ndarray
+    onnx_out: np.ndarray
+    eager_seconds: float
+    onnx_seconds: float
+    export_seconds: float
+
+
+def try_onnx(module, size: int, threads: int | None = None) -> OnnxTrial:
+    """Export ``module`` to ONNX and time it against the eager module on the probe
+    (each warmed up on one image first). Raises what the export or ORT raise: the one
+    check behind ``accelerate`` and ``accelerate_spatial``."""
+    import torch
+
+    probe = torch.from_numpy(_probe(size))
+    _timed(module, probe[:1])
+    ref, t_eager = _timed(module, probe)
+    t0 = time.perf_counter()
+    onnx_mod = OnnxModule(export_onnx(module, size), threads)
+    _timed(onnx_mod, probe[:1])  # session creation
+    export_seconds = round(time.perf_counter() - t0, 2)
+    got, t_onnx = _timed(onnx_mod, probe)
+    return OnnxTrial(onnx_mod, ref, got, t_eager, t_onnx, export_seconds)
 
 
 def accelerate(
@@ -242,13 +283,8 @@ def accelerate(
         encoder.module = _torch_module()(eager).eval()
         encoder.runtime_info = info
         return encoder
-    probe = _probe(cfg.input_size)
-    _run(eager, probe[:1])  # warm-up
-    ref, t_eager = _run(eager, probe)
-    t0 = time.perf_counter()
     try:
-        onnx_mod = OnnxModule(export_onnx(eager, cfg.input_size), threads)
-        _run(onnx_mod, probe[:1])  # warm-up (session creation)
+        trial = try_onnx(eager, cfg.input_size, threads)
     except Exception as exc:  # an op ONNX or ORT cannot handle: stay on torch
         if runtime == "onnx":
             raise EncoderError(f"runtime onnx: export of {cfg.name} failed ({exc})") from None
@@ -256,9 +292,9 @@ def accelerate(
         encoder.module = _torch_module()(eager).eval()
         encoder.runtime_info = info
         return encoder
-    info["export_seconds"] = round(time.perf_counter() - t0, 2)
-    got, t_onnx = _run(onnx_mod, probe)
-    cos = float((ref * got).sum(axis=1).min())
+    info["export_seconds"] = trial.export_seconds
+    t_eager, t_onnx, onnx_mod = trial.eager_seconds, trial.onnx_seconds, trial.module
+    cos = float((_normalised(trial.eager_out) * _normalised(trial.onnx_out)).sum(axis=1).min())
     info.update(cosine_min=round(cos, 6), probe_speedup=round(t_eager / max(t_onnx, 1e-9), 2))
     faithful = cos >= 1 - COSINE_TOL
     if runtime == "onnx" and not faithful:
@@ -301,7 +337,6 @@ def accelerate_spatial(encoder, layer: str | None, runtime: str | None = None):
     faithful (cell cosine ``1e-3``) and faster, as ``accelerate`` does for the vectors;
     the index-time region pass is otherwise eager torch, several times slower than the
     embedding pass. Returns ``encoder``; ``encoder.feature_grid`` uses what was chosen."""
-    import torch
 
     runtime = (runtime or default_runtime()).lower()
     spatial = getattr(encoder, "_spatial", None)
@@ -312,21 +347,11 @@ def accelerate_spatial(encoder, layer: str | None, runtime: str | None = None):
         return encoder
     if encoder.config.family not in CNN_FAMILIES:
         return encoder
-    probe = torch.from_numpy(_probe(encoder.config.input_size))
-    module = _spatial_module(owner, layer)
     try:
-        with torch.inference_mode():
-            module(probe[:1])
-            t0 = time.perf_counter()
-            ref = module(probe).numpy()
-            t_eager = time.perf_counter() - t0
-        onnx_mod = OnnxModule(export_onnx(module, encoder.config.input_size))
-        onnx_mod(probe[:1])
-        t0 = time.perf_counter()
-        got = onnx_mod(probe).numpy()
-        t_onnx = time.perf_counter() - t0
+        trial = try_onnx(_spatial_module(owner, layer), encoder.config.input_size)
     except Exception:  # an op ONNX cannot handle: the eager maps stay
         return encoder
-    if _cell_cosine(ref, got) >= 1 - COSINE_TOL and (runtime == "onnx" or t_onnx < t_eager):
-        fast[layer] = lambda x, _layer=None, run=onnx_mod: run(x)
+    faithful = _cell_cosine(trial.eager_out, trial.onnx_out) >= 1 - COSINE_TOL
+    if faithful and (runtime == "onnx" or trial.onnx_seconds < trial.eager_seconds):
+        fast[layer] = lambda x, _layer=None, run=trial.module: run(x)
     return encoder

@@ -273,7 +273,9 @@ class EfficientNetLiteFeatures:
                 """``BxCxHxW`` map of ``layer`` (``head`` default, or ``bN``): region features."""
                 layer = layer or "head"
                 if layer != "head" and layer not in channels(cfg.model_id):
-                    raise EncoderError(f"model {cfg.name!r}: no layer {layer!r} for region features")
+                    raise EncoderError(
+                        f"model {cfg.name!r}: no layer {layer!r} for region features"
+                    )
                 return self.maps(x, {layer})[layer]
 
             def forward(self, x):
@@ -297,6 +299,36 @@ def _variant_builder(name: str, spec: dict):
 
 for _name, _spec in VARIANTS.items():
     register_derived(_name, _variant_builder(_name, _spec))
+
+# Statically quantised int8 ONNX variants (radsearch.encoders.quantize: why their own
+# hash, how they are calibrated); the early high-resolution layers stay fp32.
+INT8_VARIANTS = {
+    "efficientnet-lite0-int8": dict(
+        base="efficientnet-lite0",
+        float_layers=["stem", "b0", "b1"],
+        calibration="percentile",
+        calibration_images=128,
+        description="EfficientNet-Lite0, int8 ONNX (static, calibrated on 128 index images; "
+        "stem and blocks 0-1 fp32); faster, vectors not mixable with fp32 (offline)",
+    ),
+}
+
+
+def _int8_builder(name: str, spec: dict):
+    def build():
+        from radsearch.encoders.registry import get_config
+
+        spec_ = dict(spec)
+        cfg = get_config(spec_.pop("base"))
+        description = spec_.pop("description")
+        extra = {**cfg.extra, "quantize": "int8", **spec_}
+        return cfg.replace(name=name, extra=extra, description=description)
+
+    return build
+
+
+for _name, _spec in INT8_VARIANTS.items():
+    register_derived(_name, _int8_builder(_name, _spec))
 
 
 @register_family("efficientnet-lite", available=_available)

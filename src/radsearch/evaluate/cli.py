@@ -146,9 +146,12 @@ def register(sub) -> None:
         "--cache-dir", help="embedding cache for --model (default ~/.cache/radsearch/evaluate)"
     )
     p.add_argument("--recipe", help="retrieval recipe JSON to apply to the index")
-    p.add_argument("--roi-csv", metavar="ROI.csv",
-                   help="box table (filepath,x0,y0,x1,y1,label,split): region, localisation, "
-                        "explain and feedback metrics (docs/regions.md)")
+    p.add_argument(
+        "--roi-csv",
+        metavar="ROI.csv",
+        help="box table (filepath,x0,y0,x1,y1,label,split): region, localisation, "
+        "explain and feedback metrics (docs/regions.md)",
+    )
     p.add_argument("--region-grids", metavar="DIR", help="with --roi-csv: a cached grid directory")
     p.add_argument(
         "--index-fractions",

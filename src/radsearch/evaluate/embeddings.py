@@ -2,7 +2,9 @@
 
 ``--model`` embeds with ``radsearch.embed.embed_refs`` into a cache directory
 (``<cache>/<encoder>-<config hash>/<root digest>/``, resumable shards), so a second run
-with the same model and images re-encodes nothing. Every path ends in
+with the same model and images re-encodes nothing. ``tune`` reads the same cache, and
+``radsearch index`` takes from it (:func:`seed_from_cache`) the vectors of the same
+item ids under the same root and encoder hash whose files did not change since. Every path ends in
 ``check_vectors``: NaN / infinite / all-zero rows are an error, never a silent number.
 """
 
@@ -138,6 +140,59 @@ def seed_cache(work_dir: str | Path, config, ids: list[str], vectors: np.ndarray
         vectors=np.asarray(vectors, np.float32),
     )
     return work_dir
+
+
+def cached_vectors(work: Path, config, refs) -> dict[str, np.ndarray]:
+    """``{id: vector}`` of the ``refs`` a cache folder already holds under ``config``'s
+    encoder hash, leaving out any whose file changed after the shard holding it was
+    written (the cache is keyed by path, so an edited file must be encoded again).
+
+    Unreadable shards are skipped: the cache only ever saves work, never decides it."""
+    import json
+    import zipfile
+
+    from radsearch.embed import SHARD_GLOB
+
+    stamp = work / "encoder.json"
+    try:
+        if json.loads(stamp.read_text()).get("hash") != config.hash:
+            return {}
+    except (OSError, ValueError):
+        return {}
+    want = {r.id: r for r in refs}
+    out: dict[str, np.ndarray] = {}
+    for shard in sorted(work.glob(SHARD_GLOB)):
+        try:
+            written = shard.stat().st_mtime
+            with np.load(shard, allow_pickle=False) as z:
+                ids = z["ids"].tolist()
+                hit = [j for j, i in enumerate(ids) if i in want]
+                vecs = z["vectors"] if hit else None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            continue
+        for j in hit:
+            if _unchanged_since(want[ids[j]].source, written):
+                out[ids[j]] = np.asarray(vecs[j], np.float32)
+    return out
+
+
+def _unchanged_since(source: str, written: float) -> bool:
+    try:
+        return os.stat(source).st_mtime <= written
+    except (OSError, ValueError):
+        return False
+
+
+def seed_from_cache(work_dir: str | Path, config, refs, cache_dir, root) -> int:
+    """Put the vectors the shared cache (``evaluate``/``tune``'s, at ``cache_dir`` for
+    images under ``root``) holds for ``refs`` into an embedding run's resumable
+    ``work_dir``, so the run encodes only the rest; returns how many were reused."""
+    found = cached_vectors(cache_dir_for(cache_dir or DEFAULT_CACHE, config, root), config, refs)
+    if not found:
+        return 0
+    ids = [r.id for r in refs if r.id in found]
+    seed_cache(work_dir, config, ids, np.stack([found[i] for i in ids]))
+    return len(ids)
 
 
 def compute_embeddings(

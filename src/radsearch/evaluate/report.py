@@ -384,9 +384,13 @@ def write_report(
     query_refs,
     map_data,
     gallery: int = 12,
+    region_gallery: list | None = None,
 ) -> Path:
     """``out/report.html``: every plot and thumbnail embedded (one file to share)."""
-    sec = _overview(metrics) + _columns(metrics) + _studies(metrics)
+    from radsearch.evaluate import report_regions
+
+    regions = report_regions.regions_section(metrics, region_gallery)
+    sec = _overview(metrics) + _columns(metrics) + _studies(metrics) + regions
     sec += _plots(metrics, col_metrics, map_data)
     if gallery and col_metrics:
         first = next(iter(col_metrics.values()))
@@ -397,7 +401,8 @@ def write_report(
         sec.append(gallery_html(first, nb, scores, index_refs, query_refs, gallery))
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>radsearch evaluation</title>"
-        f"<style>{CSS}</style></head><body>{''.join(sec)}</body></html>"
+        f"<style>{CSS + (report_regions.CSS if regions else '')}</style></head>"
+        f"<body>{''.join(sec)}</body></html>"
     )
     path = Path(out) / "report.html"
     path.write_text(page)

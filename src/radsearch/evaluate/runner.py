@@ -392,10 +392,11 @@ def run_evaluation(opts: EvalOptions) -> dict:
         from radsearch.evaluate.studies import study_step
 
         study_step(opts, data, metrics, index)
+    region_gallery = None
     if opts.roi_csv:
         from radsearch.regions.evaluate import roi_step
 
-        roi_step(opts, data, metrics, index)
+        region_gallery = roi_step(opts, data, metrics, index)
     write_tables(opts, data, metrics, col_metrics, out)
     map_data = run_analyses(opts, data, metrics, k)
     (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
@@ -412,6 +413,7 @@ def run_evaluation(opts: EvalOptions) -> dict:
             data.query_refs,
             map_data,
             gallery=opts.gallery,
+            region_gallery=region_gallery,
         )
     _log(
         opts,

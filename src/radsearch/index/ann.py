@@ -47,6 +47,7 @@ class SearchKnobs:
         if ef_search:
             self.overrides["ef_search"] = int(ef_search)
 
+
 TYPES = (
     "auto",
     "flat",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config
+from radsearch.encoders import Encoder, EncoderConfig, create_encoder, get_config, quantize
 from radsearch.errors import IndexFormatError, RadsearchError
 from radsearch.index import rows as _rows
 from radsearch.index.commit import ABSORBS_WORK, MANIFEST, recover, settle, unchanged, writing
@@ -210,6 +210,7 @@ class Index:
         """The index's own encoder, built from the stored config (cached)."""
         if self._encoder is None:
             self._encoder = create_encoder(self.encoder_config, weights=weights, device=device)
+            quantize.load_for_index(self._encoder, self.path, self.manifest)
         return self._encoder
 
     def check_model(self, name: str | None) -> None:
@@ -371,6 +372,8 @@ class Index:
         np.save(stage / EMBEDDINGS, np.asarray(self.embeddings, dtype=np.float32))
         self.store.save(stage)
         regions_hooks.on_save(self, stage)
+        if self._encoder is not None:
+            quantize.save_for_index(self._encoder, stage, self.manifest)
         recipe = self.recipe
         if recipe is not None and recipe.state:
             from radsearch.recipe import STATE_FILE

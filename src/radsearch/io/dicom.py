@@ -115,7 +115,8 @@ def check_frame_count(ds, path: str | os.PathLike) -> int:
 
     Checked against the file size before any per-frame work: native pixel data needs
     every frame's bytes, encapsulated (compressed) data at least an 8-byte item per
-    frame. A 2 KB file claiming 2^31 frames is refused instead of enumerated.
+    frame. A 2 KB file claiming 2^31 frames is refused instead of enumerated. The one
+    check for every reader: indexing, decoding and the server's uploads.
     """
     frames = _frame_count(ds)
     if frames == 1:
@@ -123,7 +124,7 @@ def check_frame_count(ds, path: str | os.PathLike) -> int:
     size = os.stat(path).st_size
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     per_frame = 8
-    if ts is not None and not ts.is_compressed:
+    if ts is not None and ts.is_transfer_syntax and not ts.is_compressed:
         rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
         bits = int(ds.get("BitsAllocated") or 8) * int(ds.get("SamplesPerPixel") or 1)
         per_frame = max(1, rows * cols * bits // 8)
@@ -147,8 +148,9 @@ def dicom_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def dicom_frame_count(path: str | os.PathLike) -> int:
-    """Number of frames (1 for single-frame files), read from the header only."""
-    return _frame_count(read_dicom_header(path))
+    """Number of frames (1 for single-frame files), read from the header only and
+    checked against the file's size (:func:`check_frame_count`)."""
+    return check_frame_count(read_dicom_header(path), path)
 
 
 def _fg_item(ds, frame: int, sequence: str):

@@ -131,19 +131,12 @@ def _probe_raster(path: str) -> Probe:
 
 
 def _probe_dicom(path: str) -> Probe:
-    from radsearch.io.dicom import read_dicom_header
+    from radsearch.io.dicom import check_frame_count, read_dicom_header
 
     ds = read_dicom_header(path)
     width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
     samples = int(ds.get("SamplesPerPixel") or 1)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is not None and ts.is_transfer_syntax and not ts.is_compressed:
-        frames = int(ds.get("NumberOfFrames") or 1)
-        frame_bytes = width * height * samples * max(1, int(ds.get("BitsAllocated") or 8) // 8)
-        if frames * frame_bytes > os.path.getsize(path):
-            raise ImageReadError(
-                path, f"claims {frames} frames of {width}x{height}, more than the file holds"
-            )
+    check_frame_count(ds, path)  # io's own rule: a frame count the file cannot hold
     return Probe("dicom", width, height, width * height * samples * DICOM_BYTES_PER_SAMPLE)
 
 

@@ -21,10 +21,11 @@ from radsearch.errors import RadsearchError
 from radsearch.evaluate import protocol
 from radsearch.regions.explain import peak
 from radsearch.regions.feedback import rocchio
-from radsearch.regions.query import cell_similarity, rank_region, roi_vector, window_box
+from radsearch.regions.query import cell_similarity, match_boxes, rank_region, roi_vector
 
 ROI_COLUMNS = ("filepath", "x0", "y0", "x1", "y1", "label", "split")
 KS = (1, 3, 5, 10)
+GALLERY = 8  # region queries the report shows (at most ``--gallery``)
 
 
 def read_roi_csv(path) -> list[dict]:
@@ -66,21 +67,15 @@ def _inside(x: float, y: float, boxes) -> bool:
 
 
 def region_runs(index, store, queries, k: int, global_weight: float):
-    """Per query (``qgrid, roi, size, qvec``): top-k rows and their match boxes."""
-    rows_out, boxes_out = [], []
+    """Per query (``qgrid, roi, size, qvec``): top-k rows, their match boxes and scores."""
+    rows_out, boxes_out, scores_out = [], [], []
     for qgrid, roi, size, qvec in queries:
-        _, rows, shape_i, pos = rank_region(
-            index, store, qgrid, roi, size, qvec, None, global_weight
-        )
+        scores, rows, _, _ = rank_region(index, store, qgrid, roi, size, qvec, None, global_weight)
         rows_out.append(rows[:k])
+        scores_out.append(scores[:k])
         qr = roi_vector(store, qgrid, roi, *size)
-        boxes_out.append(
-            [
-                window_box(store, int(r), int(s), int(p), qr)
-                for r, s, p in zip(rows[:k], shape_i[:k], pos[:k], strict=True)
-            ]
-        )
-    return np.asarray(rows_out), boxes_out
+        boxes_out.append(match_boxes(store, qr, roi, size, rows[:k]))
+    return np.asarray(rows_out), boxes_out, np.asarray(scores_out)
 
 
 def localisation(rows, boxes, qcodes, icodes, table_boxes, ks=(1, 5, 10)) -> dict:
@@ -193,52 +188,112 @@ def attach_store(index, refs, encoder, grid_dir=None, progress: bool = False):
     return store
 
 
-def roi_step(opts, data, metrics: dict, index) -> None:
-    """``evaluate --roi-csv``: the region, localisation, explain and feedback metrics."""
+def gallery_order(rois: list[dict], n: int) -> list[int]:
+    """Which region queries the report shows: the first box of each label (labels in
+    the order they first occur), then the second of each, ... up to ``n``."""
+    per_label: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rois):
+        per_label[r["label"]].append(i)
+    order, depth = [], 0
+    while len(order) < n and any(depth < len(v) for v in per_label.values()):
+        order += [v[depth] for v in per_label.values() if depth < len(v)]
+        depth += 1
+    return order[:n]
+
+
+def region_gallery(data, rois, queries, runs, icodes, rcodes, table_boxes, col, n, hits=5):
+    """What the report's region gallery draws, from the searches already run: per shown
+    query its ref, label, box and image size, and per top hit its ref, label, score,
+    ``match_box``, image size, whether its label matches, and its own boxes."""
+    rows, boxes, scores = runs
+    out = []
+    for q in gallery_order(rois, n):
+        shown = []
+        for j in range(min(hits, rows.shape[1])):
+            r = int(rows[q, j])
+            ref = data.index_refs[r]
+            shown.append(
+                {
+                    "ref": ref,
+                    "label": ref.metadata.get(col, ""),
+                    "score": float(scores[q, j]),
+                    "match_box": [int(v) for v in boxes[q][j]],
+                    "size": tuple(int(v) for v in queries.store.sizes[r]),
+                    "same": bool(icodes[r] == rcodes[q]),
+                    "boxes": [list(b) for b in table_boxes.get(r, [])],
+                }
+            )
+        _, box, size, _ = queries.items[q]
+        out.append(
+            {
+                "ref": queries.refs[q],
+                "label": rois[q]["label"],
+                "box": list(box),
+                "size": tuple(int(v) for v in size),
+                "hits": shown,
+            }
+        )
+    return out
+
+
+class RegionQueries:
+    """The region queries of an evaluation: ``items`` as :func:`region_runs` takes them
+    (``qgrid, roi, size, qvec``), their query refs, and the store they search."""
+
+    def __init__(self, opts, data, store, encoder, rois):
+        from radsearch.io.items import load_pixels
+
+        qrow = {r.id: i for i, r in enumerate(data.query_refs)}
+        cache = (
+            grids_from_cache(
+                opts.region_grids, store.spec["layer"], sorted({r["filepath"] for r in rois})
+            )
+            if opts.region_grids
+            else {}
+        )
+        self.store, self.items, self.refs = store, [], []
+        for r in rois:
+            ref = data.query_refs[qrow[r["filepath"]]]
+            rgb = load_pixels(ref)
+            raw = cache.get(ref.id)
+            if raw is None:
+                raw = encoder.feature_grid(
+                    encoder.collate([encoder.preprocess(rgb)]), store.spec["layer"]
+                )[0]
+            self.refs.append(ref)
+            self.items.append(
+                (
+                    store.project(np.asarray(raw, np.float32)),
+                    r["box"],
+                    rgb.shape[1::-1],
+                    data.qvecs[qrow[r["filepath"]]],
+                )
+            )
+
+
+def roi_step(opts, data, metrics: dict, index) -> list[dict]:
+    """``evaluate --roi-csv``: the region, localisation, explain and feedback metrics
+    into ``metrics``; returns the report's region gallery (:func:`region_gallery`)."""
     from radsearch.encoders import create_encoder
-    from radsearch.io.items import load_pixels
     from radsearch.regions.query import GLOBAL_WEIGHT
+    from radsearch.search import knn_rows
 
     table = read_roi_csv(opts.roi_csv)
     encoder = create_encoder(data.config)
     store = attach_store(index, data.index_refs, encoder, opts.region_grids, opts.progress)
-    qrow = {r.id: i for i, r in enumerate(data.query_refs)}
-    rois = [r for r in table if r["split"] == opts.query_split and r["filepath"] in qrow]
+    qids = {r.id for r in data.query_refs}
+    rois = [r for r in table if r["split"] == opts.query_split and r["filepath"] in qids]
     if not rois:
         raise RadsearchError(
             f"{opts.roi_csv}: no box of the {opts.query_split!r} split is a query row"
         )
-    cache = (
-        grids_from_cache(
-            opts.region_grids, store.spec["layer"], sorted({r["filepath"] for r in rois})
-        )
-        if opts.region_grids
-        else {}
-    )
-    queries = []
-    for r in rois:
-        ref = data.query_refs[qrow[r["filepath"]]]
-        rgb = load_pixels(ref)
-        raw = cache.get(ref.id)
-        if raw is None:
-            raw = encoder.feature_grid(
-                encoder.collate([encoder.preprocess(rgb)]), store.spec["layer"]
-            )[0]
-        queries.append(
-            (
-                store.project(np.asarray(raw, np.float32)),
-                r["box"],
-                rgb.shape[1::-1],
-                data.qvecs[qrow[r["filepath"]]],
-            )
-        )
+    queries = RegionQueries(opts, data, store, encoder, rois)
     col = opts.label_columns[0]
     qv, iv = data.column(col)
     (qcodes, icodes, rcodes), _ = protocol.encode_labels(qv, iv, [r["label"] for r in rois])
-    from radsearch.search import knn_rows
-
-    nb, boxes = region_runs(index, store, queries, 10, GLOBAL_WEIGHT)
-    _, whole = knn_rows(index, np.stack([q[3] for q in queries]), 10)
+    runs = region_runs(index, store, queries.items, 10, GLOBAL_WEIGHT)
+    nb, boxes, _ = runs
+    _, whole = knn_rows(index, np.stack([q[3] for q in queries.items]), 10)
     tb = boxes_by_row(index, table)
     metrics["roi"] = {
         "queries": len(rois),
@@ -248,5 +303,9 @@ def roi_step(opts, data, metrics: dict, index) -> None:
         "whole_image_precision_at_k": precision(whole, rcodes, icodes),
         "localisation_at_k": localisation(nb, boxes, rcodes, icodes, tb),
     }
-    metrics["explain"] = {"pointing_game": pointing_game(store, queries, nb, rcodes, icodes, tb)}
+    metrics["explain"] = {
+        "pointing_game": pointing_game(store, queries.items, nb, rcodes, icodes, tb)
+    }
     metrics["feedback"] = {"precision_at_10": feedback_precision(index, data.qvecs, qcodes, icodes)}
+    n = min(opts.gallery, GALLERY) if opts.report else 0
+    return region_gallery(data, rois, queries, runs, icodes, rcodes, tb, col, n)

@@ -3,8 +3,8 @@
 Both grids live in the index's region space (cosine of L2-normalised cells). Without
 an ROI each cell's value is its best match among the other image's cells (shared
 structures light up on both sides); with an ROI the hit map is each hit cell's cosine
-with the ROI vector and the query map each query cell's cosine with the hit's
-best-matching window (the one behind its ``match_box``). Peaks are the centres of the
+with the ROI vector (``query.cell_similarity``, whose peak the ``match_box`` is centred
+on) and the query map each query cell's cosine with the hit's cells under that box. Peaks are the centres of the
 maximal cells, in the stored images' pixel coordinates.
 """
 
@@ -17,11 +17,12 @@ from radsearch.regions import geometry
 from radsearch.regions.features import require
 from radsearch.regions.query import (
     best_windows,
+    cell_similarity,
+    match_boxes,
     query_grid,
     refined_peak,
     roi_extent,
     roi_vector,
-    window_box,
 )
 
 
@@ -69,10 +70,9 @@ def similarity_maps(index, image: np.ndarray, hit_id: str, roi=None) -> dict:
     if roi is not None:
         roi = geometry.check_box(roi, qw, qh, "roi")
         qr = roi_vector(store, qgrid, roi, qw, qh)
-        hit_map = hn @ qr
-        limit = roi_extent(store, roi, (qw, qh))
-        score, shape_i, pos = best_windows(store, qr, np.asarray([row]), limit)
-        box = window_box(store, row, int(shape_i[0]), int(pos[0]), qr)
+        hit_map = cell_similarity(store, row, qr).ravel()
+        score, _, _ = best_windows(store, qr, np.asarray([row]), roi_extent(store, roi, (qw, qh)))
+        box = match_boxes(store, qr, roi, (qw, qh), [row])[0]
         a, b = box_cells(store, row, box)
         win = _unit(hgrid[a[0] : a[1], b[0] : b[1]].reshape(-1, hgrid.shape[-1]).sum(axis=0))
         query_map = qn @ win

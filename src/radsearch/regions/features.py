@@ -24,7 +24,15 @@ CODES = "regions.npy"
 SIZES = "regions_sizes.npy"
 STATE = "regions_state.npz"
 # chosen on RadBench val (docs/regions.md): Lite0 block 10 (14x14 at 224 px), PCA 64, int8
-DEFAULT = {"layer": "b10", "dim": 64, "codec": "sq8", "windows": [1, 2, 3, 4, 6], "fit_roi": True}
+# contrast: cells minus their image's mean cell (docs/regions.md, "contrastive cells")
+DEFAULT = {
+    "layer": "b10",
+    "dim": 64,
+    "codec": "sq8",
+    "windows": [1, 2, 3, 4, 6],
+    "fit_roi": True,
+    "contrast": True,
+}
 CODECS = ("fp16", "sq8")
 FIT_CELLS = 16_000  # cells sampled to fit the PCA (X^T X of C x C stays cheap)
 
@@ -47,6 +55,7 @@ def region_spec(
         "channels": None,
         "windows": list(DEFAULT["windows"]),
         "fit_roi": DEFAULT["fit_roi"],
+        "contrast": DEFAULT["contrast"],
     }
 
 
@@ -171,19 +180,29 @@ class RegionStore:
         np.save(stage / SIZES, self.sizes)
         np.savez(stage / STATE, **self.codec.state())
 
+    def _decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``N x H x W x D`` -> float32 ``N x H*W x D`` cells in the scoring space.
+
+        With ``spec["contrast"]`` each image's mean cell is subtracted, so what is
+        generic to the image (tissue, exposure) drops out and what is distinctive in
+        it (a finding) dominates the cosines; query grids get the same (``project``)."""
+        c = self.codec.decode(np.asarray(codes))
+        c = c.reshape(len(c), -1, c.shape[-1])
+        if self.spec.get("contrast"):
+            c -= c.mean(axis=1, keepdims=True)
+        return c
+
     def cells(self, rows=None) -> np.ndarray:
-        """Decoded, float32 ``N x H*W x D`` cells (all rows cached; see query.py)."""
+        """Decoded ``N x H*W x D`` cells (``_decode``; all rows cached; see query.py)."""
         if rows is not None:
-            c = self.codec.decode(np.asarray(self.codes[rows]))
-            return c.reshape(len(c), -1, c.shape[-1])
+            return self._decode(self.codes[rows])
         if "cells" not in self._cache:
-            c = self.codec.decode(np.asarray(self.codes))
-            self._cache["cells"] = np.ascontiguousarray(c.reshape(len(c), -1, c.shape[-1]))
+            self._cache["cells"] = np.ascontiguousarray(self._decode(self.codes))
         return self._cache["cells"]
 
     def project(self, grid: np.ndarray) -> np.ndarray:
-        """A raw query grid (``H x W x C``) -> the stored space (float32 ``H x W x D``)."""
-        return self.codec.decode(self.codec.encode(grid[None]))[0]
+        """A raw query grid (``H x W x C``) -> the scoring space (float32 ``H x W x D``)."""
+        return self._decode(self.codec.encode(grid[None]))[0].reshape(*grid.shape[:2], -1)
 
     def nbytes_per_item(self) -> int:
         return int(np.prod(self.codes.shape[1:]) * np.dtype(self.codes.dtype).itemsize + 8)

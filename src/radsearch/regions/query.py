@@ -1,14 +1,18 @@
 """Region queries: "cases like *this* part of the image", with where each hit matched.
 
 The query image's feature grid (the index's encoder and region layer, projected into
-the store's PCA space) is averaged over the cells under the ROI, weighted by how much
-of each cell the box covers. Every indexed item is scored by its best window of
-1-3 x 1-3 cells (cosine of the ROI vector with the window's summed cells; window norms
-are computed once per process and cached); that window, mapped back to the hit's
-pixels, is its ``match_box``. The final score mixes in the whole-image cosine:
-``(1 - w) * region + w * global`` with ``w = spec["global_weight"]`` (chosen on
-RadBench val, docs/regions.md). Filters, one-per-patient and the vote are
-``radsearch.search``'s own.
+the store's scoring space: PCA, and with ``spec["contrast"]`` minus the image's mean
+cell) is averaged over the cells under the ROI, weighted by how much of each cell the
+box covers. Candidates are the whole-image search's top ``spec["shortlist"]`` (1,024;
+0 scans every item): on RadBench val their top 10 are the full scan's, and a query
+then touches a fixed number of items however large the archive. Each candidate is
+scored by its best window of cells no larger than the ROI (cosine of the ROI vector
+with the window's summed cells; window norms are cached per process). The hit's
+``match_box`` is a box of the ROI's size centred on the sub-cell peak of the hit-side
+map (``cell_similarity``, the map ``explain`` draws). The final score mixes in the
+whole-image cosine: ``(1 - w) * region + w * global`` with
+``w = spec["global_weight"]`` (chosen on RadBench val and train leave-one-out,
+docs/regions.md). Filters, one-per-patient and the vote are ``radsearch.search``'s own.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from radsearch.regions.features import require
 from radsearch.search import DEFAULT_SUGGEST, PATIENT_COLUMN, QueryResult, _collect, filter_rows
 
 WINDOWS = (1, 2, 3)
-GLOBAL_WEIGHT = 0.3
+GLOBAL_WEIGHT = 0.25  # chosen on RadBench val and train leave-one-out (docs/regions.md)
+SHORTLIST = 1024  # whole-image candidates the region score runs on (chosen on RadBench val)
+CACHE_ITEMS = 250_000  # up to this many items, decoded cells and window norms stay in memory
 
 
 def window_shapes(store) -> list[tuple[int, int]]:
@@ -44,24 +50,47 @@ def _window_sums(c: np.ndarray, a: int, b: int) -> np.ndarray:
     return c[:, a:, b:] - c[:, :-a, b:] - c[:, a:, :-b] + c[:, :-a, :-b]
 
 
+def _norms(grids: np.ndarray, shapes) -> dict:
+    """Per window shape, ``N x P`` norms of the windows' summed cells of ``N x H x W x D``."""
+    tab = _integral(grids)
+    return {
+        (a, b): np.linalg.norm(_window_sums(tab, a, b), axis=-1).reshape(len(grids), -1)
+        for a, b in shapes
+    }
+
+
 def window_norms(store) -> dict:
-    """Per window shape, ``N x P`` norms of the windows' summed cells (cached)."""
+    """Per window shape, ``N x P`` norms of every item's windows (cached)."""
     cache = store._cache
     if "norms" not in cache:
         gh, gw = store.grid
         cells = store.cells()
-        norms = {s: [] for s in window_shapes(store)}
-        for i in range(0, len(cells), 512):
-            g = cells[i : i + 512].reshape(-1, gh, gw, cells.shape[-1])
-            tab = _integral(g)
-            for a, b in norms:
-                norms[(a, b)].append(
-                    np.linalg.norm(_window_sums(tab, a, b), axis=-1).reshape(len(g), -1)
-                )
+        shapes = window_shapes(store)
+        parts = [
+            _norms(cells[i : i + 512].reshape(-1, gh, gw, cells.shape[-1]), shapes)
+            for i in range(0, len(cells), 512)
+        ]
         cache["norms"] = {
-            s: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for s, v in norms.items()
+            s: np.concatenate([p[s] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+            for s in shapes
         }
     return cache["norms"]
+
+
+def _cells_and_norms(store, rows, shapes):
+    """Cells (``N x H*W x D``) and window norms of ``rows`` (all when None).
+
+    Up to ``CACHE_ITEMS`` items every cell and window norm stays in memory; a larger
+    store (a paper-scale archive) decodes only the shortlisted rows from its
+    memory-mapped codes, so a query touches ``shortlist`` items, not the archive."""
+    gh, gw = store.grid
+    if rows is not None and len(store) > CACHE_ITEMS:
+        cells = store.cells(np.sort(rows))[np.argsort(np.argsort(rows))]
+        return cells, _norms(cells.reshape(-1, gh, gw, cells.shape[-1]), shapes)
+    cells, norms = store.cells(), window_norms(store)
+    if rows is None:
+        return cells, norms
+    return cells[rows], {s: norms[s][rows] for s in shapes}
 
 
 def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=None):
@@ -70,23 +99,20 @@ def best_windows(store, qr: np.ndarray, rows: np.ndarray | None = None, limit=No
     ``limit`` ``(rows, cols)``: only windows no larger than this (the ROI's extent in
     cells, with ``spec["fit_roi"]``: keeps the match box near the finding's size)."""
     gh, gw = store.grid
-    cells = store.cells()
-    dots = (cells @ qr) if rows is None else (cells[rows] @ qr)
-    dots = dots.reshape(-1, gh, gw)
+    shapes = window_shapes(store)
+    use = [s for s in shapes if limit is None or (s[0] <= limit[0] and s[1] <= limit[1])]
+    cells, norms = _cells_and_norms(store, rows, use)
+    dots = (cells @ qr).reshape(-1, gh, gw)
     table = _integral(dots)
-    norms = window_norms(store)
     best = np.full(len(dots), -np.inf, np.float32)
     shape_i = np.zeros(len(dots), np.int64)
     pos = np.zeros(len(dots), np.int64)
-    for si, (a, b) in enumerate(window_shapes(store)):
-        if limit is not None and (a > limit[0] or b > limit[1]):
-            continue
-        n = norms[(a, b)] if rows is None else norms[(a, b)][rows]
-        s = _window_sums(table, a, b).reshape(len(dots), -1) / np.maximum(n, 1e-6)
+    for a, b in use:
+        s = _window_sums(table, a, b).reshape(len(dots), -1) / np.maximum(norms[(a, b)], 1e-6)
         j = s.argmax(axis=1)
         v = s[np.arange(len(s)), j]
         better = v > best
-        best[better], shape_i[better], pos[better] = v[better], si, j[better]
+        best[better], shape_i[better], pos[better] = v[better], shapes.index((a, b)), j[better]
     return best, shape_i, pos
 
 
@@ -110,29 +136,47 @@ def refined_peak(sim: np.ndarray, window=None) -> tuple[float, float]:
 
 
 def cell_similarity(store, row: int, qr: np.ndarray) -> np.ndarray:
-    """``H x W`` cosine of item ``row``'s cells with the ROI vector."""
+    """The hit-side map: ``H x W`` cosine of item ``row``'s cells with the ROI vector.
+
+    The one place it is computed: ``match_box`` centres on its peak and ``explain``
+    draws it, so the box and the heat map never disagree."""
     cells = store.cells([row])[0]
     sim = (cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)) @ qr
     return sim.reshape(store.grid)
 
 
-def window_box(store, row: int, shape_i: int, pos: int, qr: np.ndarray | None = None) -> list[int]:
-    """The window's box in the stored item's pixels; with ``qr``, the same-sized box
-    centred on the sub-cell similarity peak inside the window (the ``match_box``)."""
+def match_box(store, row: int, qr: np.ndarray, span) -> list[int]:
+    """Where item ``row`` matched: a box of the ROI's size (``span``: rows, cols in cell
+    units, the same fraction of the hit as the ROI is of the query) centred on the
+    sub-cell peak of the hit-side map; near an edge it shrinks, keeping that centre."""
     gh, gw = store.grid
-    a, b = window_shapes(store)[shape_i]
-    r0, c0 = divmod(int(pos), gw - b + 1)
+    cy, cx = refined_peak(cell_similarity(store, row, qr))
+    hy, hx = min(span[0] / 2, cy, gh - cy), min(span[1] / 2, cx, gw - cx)
     width, height = (int(v) for v in store.sizes[row])
-    cbox = (c0, r0, c0 + b, r0 + a)
-    if qr is not None:
-        cy, cx = refined_peak(cell_similarity(store, row, qr), (r0, c0, a, b))
-        x0 = float(np.clip(cx - b / 2, 0, gw - b))
-        y0 = float(np.clip(cy - a / 2, 0, gh - a))
-        cbox = (x0, y0, x0 + b, y0 + a)
     spec = store.spec
     return geometry.cells_to_image(
-        cbox, width, height, spec["input_size"], spec["resize"], store.grid
+        (cx - hx, cy - hy, cx + hx, cy + hy),
+        width,
+        height,
+        spec["input_size"],
+        spec["resize"],
+        store.grid,
     )
+
+
+def roi_span(store, roi, size) -> tuple[float, float]:
+    """The ROI's height and width in cell units (``size``: the query's width, height)."""
+    spec = store.spec
+    c0, r0, c1, r1 = geometry.image_to_cells(
+        roi, *size, spec["input_size"], spec["resize"], store.grid
+    )
+    return r1 - r0, c1 - c0
+
+
+def match_boxes(store, qr: np.ndarray, roi, size, rows) -> list[list[int]]:
+    """``match_box`` of each of ``rows`` for this ROI."""
+    span = roi_span(store, roi, size)
+    return [match_box(store, int(r), qr, span) for r in rows]
 
 
 def query_grid(index, store, image: np.ndarray) -> np.ndarray:
@@ -155,13 +199,10 @@ def roi_vector(store, qgrid: np.ndarray, roi, width: int, height: int) -> np.nda
 
 def roi_extent(store, roi, size) -> tuple[int, int] | None:
     """Largest window (rows, cols) for this ROI when ``spec["fit_roi"]``, else None."""
-    spec = store.spec
-    if not spec.get("fit_roi"):
+    if not store.spec.get("fit_roi"):
         return None
-    c0, r0, c1, r1 = geometry.image_to_cells(
-        roi, *size, spec["input_size"], spec["resize"], store.grid
-    )
-    return max(1, int(np.ceil(r1 - r0 - 0.25))), max(1, int(np.ceil(c1 - c0 - 0.25)))
+    rows, cols = roi_span(store, roi, size)
+    return max(1, int(np.ceil(rows - 0.25))), max(1, int(np.ceil(cols - 0.25)))
 
 
 def load_query_images(queries) -> tuple[list[str], list[np.ndarray]]:
@@ -180,15 +221,35 @@ def load_query_images(queries) -> tuple[list[str], list[np.ndarray]]:
     return names, images
 
 
-def rank_region(index, store, qgrid, roi, size, qvec, rows_allowed, global_weight: float):
-    """``(scores, rows, shape index, position)`` of the items, best first.
+def shortlist_rows(index, qvec: np.ndarray, rows_allowed, size: int):
+    """The whole-image search's top ``size`` rows (within the filter), or ``rows_allowed``
+    itself (None: every row) when ``size`` is 0 or covers them all."""
+    pool = index.count if rows_allowed is None else len(rows_allowed)
+    if not size or size >= pool:
+        return rows_allowed
+    from radsearch.search import knn_rows
 
-    ``qgrid``: the query's projected grid; ``size``: its image's (width, height)."""
+    _, rows = knn_rows(index, np.asarray(qvec, np.float32)[None], size, rows_allowed)
+    return rows[0][rows[0] >= 0]
+
+
+def rank_region(
+    index, store, qgrid, roi, size, qvec, rows_allowed, global_weight: float, shortlist=None
+):
+    """``(scores, rows, shape index, position)`` of the candidates, best first.
+
+    ``qgrid``: the query's projected grid; ``size``: its image's (width, height).
+    Candidates: the whole-image search's top ``shortlist`` (default
+    ``spec["shortlist"]``; 0 scans every row), then the windowed region score on
+    those only (docs/regions.md: on RadBench val the top 10 equal the full scan's)."""
+    if shortlist is None:
+        shortlist = store.spec.get("shortlist", SHORTLIST)
+    rows_allowed = shortlist_rows(index, qvec, rows_allowed, shortlist)
     qr = roi_vector(store, qgrid, roi, *size)
     score, shape_i, pos = best_windows(store, qr, rows_allowed, roi_extent(store, roi, size))
     rows = np.arange(index.count) if rows_allowed is None else rows_allowed
     if global_weight:
-        emb = index.embeddings if rows_allowed is None else index.embeddings[rows]
+        emb = index.embeddings if rows_allowed is None else np.asarray(index.embeddings)[rows]
         score = (1 - global_weight) * score + global_weight * (np.asarray(emb) @ qvec)
     order = np.argsort(-score, kind="stable")
     return score[order], rows[order], shape_i[order], pos[order]
@@ -236,8 +297,9 @@ def search_regions(
         size = (im.shape[1], im.shape[0])
         qgrid = query_grid(index, store, im)
         qr = roi_vector(store, qgrid, roi, *size)
-        scores, rows, shape_i, pos = rank_region(
-            index, store, qgrid, roi, size, qv, rows_allowed, gw
+        short = store.spec.get("shortlist", SHORTLIST)
+        scores, rows, _, _ = rank_region(
+            index, store, qgrid, roi, size, qv, rows_allowed, gw, short and max(short, 10 * k)
         )
         fetch = min(len(rows), 10 * k if has_patient else k)
         while True:
@@ -245,10 +307,9 @@ def search_regions(
             if len(hits) == k or fetch >= len(rows):
                 break
             fetch = min(len(rows), fetch * 4)
-        at = {int(r): i for i, r in enumerate(rows[:fetch])}
-        for h in hits:
-            i = at[index.row_of(h.id)]
-            h.match_box = window_box(store, int(rows[i]), int(shape_i[i]), int(pos[i]), qr)
+        boxes = match_boxes(store, qr, roi, size, [index.row_of(h.id) for h in hits])
+        for h, box in zip(hits, boxes, strict=True):
+            h.match_box = box
         results.append(QueryResult(name, hits))
     if suggest:
         column = suggest if suggest in index.items.column_names else None

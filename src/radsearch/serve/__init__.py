@@ -12,8 +12,13 @@ no FastAPI until the app is built, so the CLI starts fast.
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_BODY_TIMEOUT", "DEFAULT_HEADER_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_K",
-    "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_BYTES", "create_app",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_K",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "create_app",
 ]
 
 # Request limits (here, not in app.py, so the CLI can show them without FastAPI).

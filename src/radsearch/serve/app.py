@@ -94,6 +94,7 @@ def _info(ctx: ServeContext) -> dict:
         "metadata_columns": public,
         "filters": _filters(index, public),
         "pacs_links": "pacs_url" in columns or "viewer_url" in columns,
+        "regions": bool(index.manifest.get("regions")),  # roi search, match boxes, explain
         "show_phi": s.show_phi,
         "show_paths": s.show_paths,
         "limits": {

@@ -7,6 +7,7 @@ the privacy rules (no PHI, no server paths unless asked) live in one place:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -107,6 +108,27 @@ class ServeContext:
         if row is None:
             raise HTTPException(404, "no such item in the index")
         return row
+
+    def read_query(self, upload, frame: int | None = None):
+        """An uploaded query's pixels (``HxWx3`` uint8) within the server's limits: 413 over
+        ``max_upload_bytes``; the pixel cap and decode budget of ``radsearch.io.upload``."""
+        from radsearch.io.upload import read_upload
+
+        size = upload.size
+        if size is None:
+            upload.file.seek(0, os.SEEK_END)
+            size = upload.file.tell()
+        upload.file.seek(0)
+        limit = self.settings.max_upload_bytes
+        if size > limit:
+            raise HTTPException(413, f"upload too large: {size} bytes > limit {limit}")
+        return read_upload(
+            upload.file,
+            upload.filename,
+            frame=frame,
+            max_pixels=self.settings.max_pixels,
+            budget=self.budget,
+        )
 
     def item_ref(self, row: int):
         """The ``ItemRef`` that reads row ``row``'s pixels as indexing read them."""

@@ -1,6 +1,7 @@
 """``/api``: health, index information, search by image, indexed items and their images.
 
-Hits are exactly those of ``radsearch search --json`` (one ``search_index`` path), less
+Hits are exactly those of ``radsearch search --json`` (plain queries through the
+batcher, region and feedback queries through ``Index.search``: ``routes_regions``), less
 the columns ``ServeContext.public`` hides. Item ids may hold any character, a newline
 included: the id route parameter matches across lines (``anypath``).
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import time
 from typing import Annotated
 
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from radsearch.errors import ImageReadError
 from radsearch.serve.context import ServeContext
+from radsearch.serve.routes_regions import region_options, search_marked
 
 
 class AnyPathConvertor(PathConvertor):
@@ -43,15 +44,6 @@ def encode_png(rgb: np.ndarray, size: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _upload_size(upload: UploadFile) -> int:
-    size = upload.size
-    if size is None:
-        upload.file.seek(0, os.SEEK_END)
-        size = upload.file.tell()
-    upload.file.seek(0)
-    return size
-
-
 def router(ctx: ServeContext) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["api"])
 
@@ -71,23 +63,13 @@ def router(ctx: ServeContext) -> APIRouter:
 def _add_search(api: APIRouter, ctx: ServeContext) -> None:
     settings = ctx.settings
 
-    def read_query(upload: UploadFile, frame: int | None) -> np.ndarray:
-        from radsearch.io.upload import read_upload
-
-        size = _upload_size(upload)
-        if size > settings.max_upload_bytes:
-            raise HTTPException(
-                413, f"upload too large: {size} bytes > limit {settings.max_upload_bytes}"
-            )
-        return read_upload(
-            upload.file,
-            upload.filename,
-            frame=frame,
-            max_pixels=settings.max_pixels,
-            budget=ctx.budget,
-        )
-
+    # One handler for plain, region and refined searches; /search/region is its older
+    # name, kept for the clients that use it.
     @api.post("/search")
+    @api.post(
+        "/search/region",
+        summary="Search by region or with feedback (same form as POST /api/search)",
+    )
     def api_search(
         file: Annotated[
             UploadFile, File(description="query image: PNG, JPEG, TIFF, DICOM or NIfTI")
@@ -110,6 +92,16 @@ def _add_search(api: APIRouter, ctx: ServeContext) -> None:
         preview: Annotated[
             bool, Form(description="also return the query as a PNG data URL")
         ] = False,
+        roi: Annotated[
+            str | None,
+            Form(description="region query: X0,Y0,X1,Y1 in query pixels (x1/y1 exclusive)"),
+        ] = None,
+        relevant: Annotated[
+            list[str] | None, Form(description="ids marked relevant (comma-separated; repeatable)")
+        ] = None,
+        irrelevant: Annotated[
+            list[str] | None, Form(description="ids marked not relevant (comma-separated)")
+        ] = None,
     ) -> dict:
         from radsearch.io.sources import parse_where
         from radsearch.io.upload import display_name
@@ -119,19 +111,18 @@ def _add_search(api: APIRouter, ctx: ServeContext) -> None:
         where_map = parse_where(where) or None
         ctx.refuse_phi([*(where_map or {}), suggest])
         name = display_name(file.filename)
-        pixels = read_query(file, slice)
+        pixels = ctx.read_query(file, slice)
+        marked = region_options(ctx, pixels, roi, relevant, irrelevant)
+        common = {"k": k, "where": where_map, "one_per_patient": one_per_patient}
+        common["suggest"] = suggest or None
         t0 = time.perf_counter()
-        result = ctx.batcher.search(
-            pixels,
-            name,
-            k=k,
-            where=where_map,
-            one_per_patient=one_per_patient,
-            suggest=suggest or None,
-        )
-        out = result.to_dict()
+        if marked:  # region grids / feedback: beside the batcher, under the encoder lock
+            out = search_marked(ctx, pixels, name, marked, **common)
+        else:
+            out = ctx.batcher.search(pixels, name, **common).to_dict()
         out["hits"] = [ctx.public(h) for h in out["hits"]]
         out["took_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        out["query_size"] = [int(pixels.shape[1]), int(pixels.shape[0])]
         if preview:
             png = encode_png(pixels, 384)
             out["query_image"] = "data:image/png;base64," + base64.b64encode(png).decode()

@@ -1,74 +1,96 @@
-"""Region routes: ``POST /api/search/region`` (an ROI and/or relevance feedback) and
-``POST /api/explain`` (why-similar maps as JSON or a PNG overlay); see docs/regions.md.
+"""Region queries, relevance feedback and why-similar maps over HTTP (docs/regions.md).
 
-Both take the query upload like ``POST /api/search`` and go through the same
-``Index.search`` / ``radsearch.regions`` code as the CLI. A bad ROI, an unknown id or an
-index without region features is a 400 with the CLI's one-line message.
+``POST /api/search`` (and its older name ``/api/search/region``, one handler in
+``routes_api``) takes ``roi``, ``relevant`` and ``irrelevant``: ``region_options``
+checks them against the decoded query and the index, ``search_marked`` answers through
+``Index.search``, the CLI's code, beside the batcher (a region query embeds the query's
+feature grid too), under the encoder lock. ``POST /api/explain`` gives the why-similar
+maps as JSON or a PNG overlay. A bad ROI, or one on an index without region features,
+is a 422 and an unknown id a 404, each with a one-line message naming no server path.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from radsearch.errors import RadsearchError
 from radsearch.serve.context import ServeContext
 
+NO_REGIONS = (
+    "roi: this index has no region features (rebuild it with region features on: "
+    "radsearch index without --no-regions, with an encoder that has a spatial output)"
+)
 
-def _ids(values: list[str] | None) -> list[str]:
-    return [i.strip() for v in values or [] for i in str(v).split(",") if i.strip()]
+
+def _ids(index, values: list[str] | None) -> list[str]:
+    """Marked ids: each value is one id when the index holds it whole (ids may contain
+    commas), else a comma-separated list of them."""
+    out = []
+    for v in values or []:
+        v = str(v)
+        out += [v] if index.row_of(v) is not None else [i.strip() for i in v.split(",")]
+    return [i for i in out if i]
+
+
+def region_store(ctx: ServeContext):
+    """The index's region store, or 422 (the CLI's message, less the index's path)."""
+    from radsearch.regions.features import require
+
+    try:
+        return require(ctx.index)
+    except RadsearchError:
+        raise HTTPException(422, NO_REGIONS) from None
+
+
+def checked_roi(ctx: ServeContext, pixels: np.ndarray, roi: str | None):
+    """``roi`` ("X0,Y0,X1,Y1") as a box inside the decoded query, None when not given."""
+    from radsearch.regions.geometry import check_box
+
+    if roi is None or not roi.strip():
+        return None
+    region_store(ctx)
+    try:
+        return check_box(roi, pixels.shape[1], pixels.shape[0], "roi")
+    except RadsearchError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def region_options(ctx: ServeContext, pixels, roi, relevant, irrelevant) -> dict:
+    """The search form's ``roi`` / ``relevant`` / ``irrelevant``, checked: {} when none."""
+    options = {}
+    box = checked_roi(ctx, pixels, roi)
+    if box is not None:
+        options["roi"] = box
+    for what, values in (("relevant", relevant), ("irrelevant", irrelevant)):
+        ids = _ids(ctx.index, values)
+        for item_id in ids:
+            if ctx.index.row_of(item_id) is None:
+                raise HTTPException(404, f"{what} id {item_id!r}: not in the index")
+        if ids:
+            options[what] = ids
+    return options
+
+
+def search_marked(ctx: ServeContext, pixels, name: str, marked: dict, **common) -> dict:
+    """A region and/or feedback search's answer; hits of a region search carry
+    ``match_box`` and ``image_size`` (the hit image's width and height: the box's frame)."""
+    with ctx.search_lock:
+        result = ctx.index.search(pixels, names=[name], **common, **marked)[0]
+    out = result.to_dict()
+    if "roi" in marked:
+        sizes = region_store(ctx).sizes
+        for hit in out["hits"]:
+            hit["image_size"] = [int(v) for v in sizes[ctx.index.row_of(hit["id"])]]
+    return out
 
 
 def router(ctx: ServeContext) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["regions"])
-    settings = ctx.settings
-
-    def read_query(upload: UploadFile) -> object:
-        from radsearch.io.upload import read_upload
-
-        return read_upload(
-            upload.file, upload.filename, max_pixels=settings.max_pixels, budget=ctx.budget
-        )
-
-    @api.post("/search/region")
-    def api_search_region(
-        file: Annotated[UploadFile, File(description="query image")],
-        roi: Annotated[str | None, Form(description="X0,Y0,X1,Y1 in query pixels")] = None,
-        relevant: Annotated[list[str] | None, Form(description="ids marked relevant")] = None,
-        irrelevant: Annotated[list[str] | None, Form(description="ids marked wrong")] = None,
-        k: Annotated[int, Form(ge=1)] = 10,
-        where: Annotated[list[str] | None, Form(description="COLUMN=VALUE filters")] = None,
-        one_per_patient: Annotated[bool, Form()] = False,
-        suggest: Annotated[str, Form()] = "label",
-    ) -> dict:
-        from radsearch.io.sources import parse_where
-        from radsearch.io.upload import display_name
-        from radsearch.regions.geometry import parse_box
-
-        if k > settings.max_k:
-            raise HTTPException(422, f"k={k} is above the limit {settings.max_k}")
-        where_map = parse_where(where) or None
-        ctx.refuse_phi([*(where_map or {}), suggest])
-        options = {"roi": parse_box(roi) if roi else None}
-        options.update(relevant=_ids(relevant), irrelevant=_ids(irrelevant))
-        if options["roi"] is None and not (options["relevant"] or options["irrelevant"]):
-            raise HTTPException(422, "give roi and/or relevant/irrelevant ids")
-        pixels = read_query(file)
-        with ctx.search_lock:
-            result = ctx.index.search(
-                pixels,
-                k=k,
-                where=where_map,
-                one_per_patient=one_per_patient,
-                suggest=suggest or None,
-                names=[display_name(file.filename)],
-                **options,
-            )[0]
-        out = result.to_dict()
-        out["hits"] = [ctx.public(h) for h in out["hits"]]
-        return out
 
     @api.post("/explain")
     def api_explain(
@@ -76,14 +98,16 @@ def router(ctx: ServeContext) -> APIRouter:
         hit_id: Annotated[str, Form(description="id of the hit to explain")],
         roi: Annotated[str | None, Form(description="X0,Y0,X1,Y1 in query pixels")] = None,
         format: Annotated[str, Form(pattern="^(json|png)$")] = "json",
+        slice: Annotated[int | None, Form(ge=0, description="NIfTI slice / DICOM frame")] = None,
     ):
         from radsearch.regions.explain import explain
-        from radsearch.regions.geometry import parse_box
 
         ctx.row_or_404(hit_id)
-        pixels = read_query(file)
+        pixels = ctx.read_query(file, slice)
+        region_store(ctx)
+        box = checked_roi(ctx, pixels, roi)
         with ctx.search_lock:
-            maps, png = explain(ctx.index, pixels, hit_id, parse_box(roi) if roi else None)
+            maps, png = explain(ctx.index, pixels, hit_id, box)
         return Response(png, media_type="image/png") if format == "png" else maps
 
     return api

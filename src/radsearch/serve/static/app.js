@@ -8,6 +8,9 @@
   const ANATOMY_KEYS = ["anatomy", "body_part"];
   const SHOWN_ELSEWHERE = new Set(["rank", "score", "id"]);
 
+  // regions.js: the box on the query, match boxes, why-similar maps and Refine (optional).
+  const regions = () => window.radsearchRegions;
+
   function token() {
     return sessionStorage.getItem("radsearch-token") || "";
   }
@@ -81,6 +84,7 @@
         " (" + info.dim + "-d, " + info.index_type + ")";
       $("k").max = String(info.limits.max_k);
       buildFilters(info.filters || {});
+      if (regions()) regions().configure(info);
       updateButton();
     } catch (e) {
       $("index-info").textContent = "index information unavailable";
@@ -128,6 +132,7 @@
     fig.hidden = false;
     $("query-name").textContent = file.name;
     const img = $("query-img");
+    if (regions()) regions().reset();
     if (isBrowserImage(file)) {
       const url = URL.createObjectURL(file);
       state.blobUrls.push(url);
@@ -177,9 +182,11 @@
   }
 
   // -- searching ----------------------------------------------------------------------
-  async function search() {
+  // opts.refine: also send the hits marked relevant / not relevant (regions.js).
+  async function search(opts) {
     if (window.radsearchStudy && window.radsearchStudy.active()) return window.radsearchStudy.search();
     if (!state.file) return;
+    const refine = !!(opts && opts.refine);
     const form = new FormData();
     form.append("file", state.file, state.file.name);
     form.append("k", $("k").value || "10");
@@ -189,7 +196,8 @@
     for (const sel of document.querySelectorAll("#filter-controls select")) {
       if (sel.value) form.append("where", sel.dataset.column + "=" + sel.value);
     }
-    setStatus("Searching...");
+    const how = regions() ? regions().addFields(form, refine) : "";
+    setStatus("Searching" + how + "...");
     $("search-btn").disabled = true;
     const t0 = performance.now();
     try {
@@ -197,7 +205,7 @@
       if (result.query_image) $("query-img").src = result.query_image;
       render(result);
       const ms = Math.round(performance.now() - t0);
-      setStatus(result.hits.length + " similar case(s) in " + ms + " ms");
+      setStatus(result.hits.length + " similar case(s)" + how + " in " + ms + " ms");
     } catch (e) {
       setStatus(e.message, true);
     } finally {
@@ -230,6 +238,7 @@
       li.textContent = "No indexed image matches these filters.";
       grid.appendChild(li);
     }
+    if (regions()) regions().rendered(result);
   }
 
   function pacsLink(hit) {
@@ -257,10 +266,13 @@
       (label ? ", " + label : "") + ". Press Enter to enlarge.");
     li.dataset.id = hit.id;
 
+    const thumb = document.createElement("div");
+    thumb.className = "thumb-wrap";
     const img = document.createElement("img");
     img.className = "thumb";
     img.alt = label ? "similar case: " + label : "similar case";
     loadImage(img, hit.id, 256);
+    thumb.appendChild(img);
 
     const body = document.createElement("div");
     body.className = "body";
@@ -290,7 +302,8 @@
     body.append(top, lab, meta, who, ident);
     const link = pacsLink(hit);
     if (link) body.appendChild(link);
-    li.append(img, body);
+    li.append(thumb, body);
+    if (regions()) regions().decorate(li, hit, thumb);
 
     li.addEventListener("click", () => openViewer(hit, li));
     li.addEventListener("keydown", (ev) => {
@@ -360,7 +373,10 @@
     });
   }
 
-  window.radsearch = { apiJson, loadImage, setStatus, firstOf, LABEL_KEYS };
+  window.radsearch = {
+    api, apiJson, loadImage, setStatus, firstOf, search, LABEL_KEYS,
+    queryFile: () => state.file,
+  };
 
   document.addEventListener("DOMContentLoaded", () => {
     wireDrop();
