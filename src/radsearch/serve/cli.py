@@ -175,7 +175,7 @@ def serve_process(args, sock, announce: bool = True) -> int:
 
     threads = args.threads or max(1, cpu_threads() // args.workers)
     _one_thread_search()
-    if args.runtime == "torch":
+    if args.runtime == "torch" and (args.threads or args.workers > 1):  # else torch's own
         import torch
 
         torch.set_num_threads(threads)
