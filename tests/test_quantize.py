@@ -128,19 +128,25 @@ def test_index_built_with_int8_records_it_and_searches_with_it(folder, model_cac
         Index.open(out).encoder()
 
 
-def test_cli_search_with_fp32_model_on_int8_index_is_refused(folder, model_cache, tmp_path):
+def test_cli_indexes_with_int8_and_refuses_fp32_queries(folder, model_cache, tmp_path):
     import subprocess
     import sys
 
-    from radsearch.pipeline import build_index
-
-    refs = list(iter_source(folder, label_from_folder=True))
     out = tmp_path / "idx"
-    build_index(refs, out, model=INT8, batch_size=8, workers=0, progress=False, regions=False)
-    env = {**os.environ, "RADSEARCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "radsearch.cli", "search", str(out)]
+    # a fresh model cache: the quantiser runs in the child (no cache hit)
+    env = {**os.environ, "RADSEARCH_THREADS": "1", "RADSEARCH_CACHE": str(tmp_path / "c")}
+    cli = [sys.executable, "-m", "radsearch.cli"]
+    index = [*cli, "index", str(folder), "--out", str(out), "--no-progress", "--no-regions"]
+    proc = subprocess.run([*index, "--model", INT8], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # one result line: the quantiser's own progress prints never reach stdout
+    assert proc.stdout.splitlines() == [proc.stdout.strip()]
+    assert proc.stdout.startswith("indexed 15 new item(s)") and INT8 in proc.stdout
+    assert list((tmp_path / "c" / "onnx").glob("*.onnx"))
     args = [str(folder / "blob" / "0.png"), "--model", "efficientnet-lite0"]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [*cli, "search", str(out), *args], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("radsearch: error:") and "refusing" in proc.stderr
 
