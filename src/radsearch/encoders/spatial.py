@@ -79,3 +79,23 @@ class SpatialOutput:
 
     def spatial_map(self, x):
         raise NotImplementedError
+
+
+def tower(model, name: str, forward, spatial_map):
+    """A torch module holding ``model`` whose vectors are ``forward(model, x)`` and region
+    features ``spatial_map(model, x)``: one wrapper for families that need nothing else."""
+    import torch
+
+    class _Tower(torch.nn.Module, SpatialOutput):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.model_name = name
+
+        def forward(self, x):
+            return forward(self.model, x)
+
+        def spatial_map(self, x):
+            return spatial_map(self.model, x)
+
+    return _Tower()
