@@ -13,14 +13,14 @@ the same number of generated 512x512 JPEGs, so the script runs on the plain inst
 (``pip install "torch==2.13.0" && pip install -e ".[dicom]"``) anywhere. Prints images/s
 of the naive loop and of the pipeline for each ``--runtime`` (default ``auto,torch,int8``:
 what the plain install gives, ONNX Runtime when faithful, the eager fallback, and the
-int8 variant), the
-ratios, and the cosine between each pipeline's vectors and the naive ones (fp32
+int8 variant), the ratios, and the cosine between each pipeline's vectors and the naive ones (fp32
 runtimes: >= 0.999; ``int8``, the ``<model>-int8`` variant of
 ``radsearch.encoders.quantize``: its own vectors, within about 0.99; its P@1 parity
-with fp32 on RadBench comes from ``benchmarks/int8_parity.py``).
+with fp32 on RadBench follows, from ``benchmarks/int8_parity.py``: seconds once its
+vectors are cached, minutes the first time; ``--no-parity`` skips it).
 
     python benchmarks/encode.py [--limit 1000] [--model efficientnet-lite0]
-                                [--runtime auto,torch,int8] [--synthetic]
+                                [--runtime auto,torch,int8] [--synthetic] [--no-parity]
 """
 
 from __future__ import annotations
@@ -111,13 +111,15 @@ def int8_pipeline(refs, model: str, batch: int) -> tuple[float, np.ndarray, dict
     starts from the quantised model as an index holds it, with the load-time
     faithfulness check inside the timing."""
     from radsearch.encoders import create_encoder
-    from radsearch.encoders.quantize import ensure_int8, install_int8
+    from radsearch.encoders.quantize import cache_dir, ensure_int8, install_int8
 
     name = model if model.endswith("-int8") else f"{model}-int8"
     first = create_encoder(name)
+    cached = set(cache_dir().glob("*.onnx"))
     t0 = time.perf_counter()
     ensure_int8(first, refs)
-    print(f"int8 calibration + quantisation (once per index): {time.perf_counter() - t0:.1f} s")
+    how = "cache hit" if set(cache_dir().glob("*.onnx")) <= cached else "quantised now"
+    print(f"int8 calibration (once per index; {how}): {time.perf_counter() - t0:.1f} s")
     model_bytes, record = first.int8_model, first.int8_record
 
     def load(enc):
@@ -136,6 +138,11 @@ def main(argv=None) -> int:
         help="pipeline runtimes, comma-separated (int8: the <model>-int8 variant)",
     )
     ap.add_argument("--synthetic", action="store_true", help="generated images, not RadBench")
+    ap.add_argument(
+        "--no-parity",
+        action="store_true",
+        help="skip the int8 P@1 parity (first time: embeds all of RadBench, minutes)",
+    )
     args = ap.parse_args(argv)
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
     bad = [r for r in runtimes if r not in ("auto", "torch", "onnx", "int8")]
@@ -159,6 +166,12 @@ def main(argv=None) -> int:
                 f"cosine to naive min {cos.min():.6f} mean {cos.mean():.6f}  (runtime {info})"
             )
     print(f"load avg now {os.getloadavg()[0]:.1f} (machine shared: figures vary with contention)")
+    if "int8" in runtimes and not args.no_parity and (RADBENCH / "radbench.csv").exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from int8_parity import main as int8_parity
+
+        print("int8 P@1 parity with fp32 (benchmarks/int8_parity.py):")
+        int8_parity(["--model", f"{args.model.removesuffix('-int8')}-int8"])
     return 0
 
 

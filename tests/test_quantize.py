@@ -59,6 +59,15 @@ def test_int8_variant_has_its_own_hash():
     assert (int8.dim, int8.input_size, int8.mean) == (fp32.dim, fp32.input_size, fp32.mean)
 
 
+def test_calibration_batches_share_one_shape():
+    for n in (40, 128, 15, 17):
+        reader = q._Batches(np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1))
+        chunks = iter(reader.get_next, None)
+        shapes = [c["x"].shape for c in chunks]
+        assert len(set(shapes)) == 1 and sum(s[0] for s in shapes) == n
+    assert shapes == [(1, 1, 1, 1)] * 17  # a prime over 16: one image per batch
+
+
 def test_int8_model_is_quantised_close_to_fp32_and_cached(int8, folder, model_cache):
     import onnx
 
@@ -119,19 +128,25 @@ def test_index_built_with_int8_records_it_and_searches_with_it(folder, model_cac
         Index.open(out).encoder()
 
 
-def test_cli_search_with_fp32_model_on_int8_index_is_refused(folder, model_cache, tmp_path):
+def test_cli_indexes_with_int8_and_refuses_fp32_queries(folder, model_cache, tmp_path):
     import subprocess
     import sys
 
-    from radsearch.pipeline import build_index
-
-    refs = list(iter_source(folder, label_from_folder=True))
     out = tmp_path / "idx"
-    build_index(refs, out, model=INT8, batch_size=8, workers=0, progress=False, regions=False)
-    env = {**os.environ, "RADSEARCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "radsearch.cli", "search", str(out)]
+    # a fresh model cache: the quantiser runs in the child (no cache hit)
+    env = {**os.environ, "RADSEARCH_THREADS": "1", "RADSEARCH_CACHE": str(tmp_path / "c")}
+    cli = [sys.executable, "-m", "radsearch.cli"]
+    index = [*cli, "index", str(folder), "--out", str(out), "--no-progress", "--no-regions"]
+    proc = subprocess.run([*index, "--model", INT8], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # one result line: the quantiser's own progress prints never reach stdout
+    assert proc.stdout.splitlines() == [proc.stdout.strip()]
+    assert proc.stdout.startswith("indexed 15 new item(s)") and INT8 in proc.stdout
+    assert list((tmp_path / "c" / "onnx").glob("*.onnx"))
     args = [str(folder / "blob" / "0.png"), "--model", "efficientnet-lite0"]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [*cli, "search", str(out), *args], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("radsearch: error:") and "refusing" in proc.stderr
 
@@ -175,3 +190,30 @@ def test_fp32_encoders_are_left_alone(folder):
     enc = create_encoder("efficientnet-lite0")
     q.ensure_int8(enc, list(iter_source(folder)))
     assert getattr(enc, "int8_model", None) is None and not getattr(enc, "runtime_info", None)
+
+
+def test_evaluate_calibrates_int8_on_the_index_split_only(folder, model_cache, tmp_path):
+    from radsearch.evaluate.embeddings import compute_embeddings
+
+    refs = list(iter_source(folder, label_from_folder=True))
+    index_refs = [r for r in refs if not r.id.startswith("blob/")]
+    direct = create_encoder(INT8)
+    q.ensure_int8(direct, index_refs)  # the model calibrated on the index split alone
+    before = set(model_cache.glob("*.onnx"))
+    _, kept, vecs, failures, _ = compute_embeddings(
+        refs,
+        INT8,
+        tmp_path / "cache",
+        folder,
+        workers=0,
+        progress=False,
+        calibration_refs=index_refs,
+    )
+    assert len(kept) == len(refs) and not failures
+    assert set(model_cache.glob("*.onnx")) == before  # no other calibration was made
+    row = [r.id for r in kept].index("blob/0.png")
+    from radsearch.io.items import read_image
+
+    np.testing.assert_allclose(
+        vecs[row], direct.encode_images([read_image(folder / "blob" / "0.png")])[0], atol=1e-5
+    )

@@ -172,6 +172,7 @@ class Encoder:
         # kept apart from ``module``: runtimes (encoders.accel) may swap ``module`` for
         # one that only returns pooled vectors
         self._spatial = getattr(self.module, "spatial", None)
+        self._region_layer = getattr(self.module, "region_layer", None)
 
     @property
     def dim(self) -> int:
@@ -220,6 +221,16 @@ class Encoder:
     @property
     def has_spatial(self) -> bool:
         return getattr(self, "_spatial", None) is not None
+
+    @property
+    def region_layer(self) -> str | None:
+        """The layer a new index's region store reads (the family's choice; None: the
+        store's default)."""
+        return getattr(self, "_region_layer", None)
+
+    def region_geometry(self) -> dict:
+        """How grid cells map back onto stored pixels: the input size and resize policy."""
+        return {"input_size": self.config.input_size, "resize": self.config.resize}
 
     def feature_grid(self, batch: np.ndarray, layer: str | None = None) -> np.ndarray:
         """``Bx3xSxS float32`` -> ``BxHxWxC float32``: the encoder's spatial feature map

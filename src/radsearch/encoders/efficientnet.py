@@ -231,6 +231,8 @@ class EfficientNetLiteFeatures:
         plain = len(taps) == 1 and taps[0][0] == "head" and scales == [cfg.input_size] and not flip
 
         class _Module(torch.nn.Module):
+            region_layer = "b10"  # chosen on RadBench val (docs/regions.md)
+
             def __init__(self):
                 super().__init__()
                 with contextlib.redirect_stdout(io.StringIO()):

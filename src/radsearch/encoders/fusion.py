@@ -27,6 +27,8 @@ from radsearch.encoders.registry import (
 )
 from radsearch.errors import EncoderError
 
+MEMBERS = "members"  # a fusion's region layer when its members' layers differ
+
 
 def parse_members(spec: str) -> list[tuple[str, float]]:
     """``"A@0.7+B"`` -> ``[("A", 0.7), ("B", 1.0)]``."""
@@ -139,9 +141,22 @@ class FusionEncoder(Encoder):
     def has_spatial(self) -> bool:
         return all(m.has_spatial for m in self.members)
 
+    @property
+    def region_layer(self) -> str | None:
+        """The members' common region layer, or ``members`` (each member its own)."""
+        layers = {m.region_layer for m in self.members}
+        return layers.pop() if len(layers) == 1 else MEMBERS
+
+    def region_geometry(self) -> dict:
+        """The first member's: the fused grid is laid on its grid."""
+        return self.members[0].region_geometry()
+
     def feature_grid(self, batch, layer: str | None = None) -> np.ndarray:
         """The members' grids (region features) on the first member's grid, each cell's
-        block L2-normalised and weighted, like the pooled vectors."""
+        block L2-normalised and weighted, like the pooled vectors. ``layer``: passed to
+        every member, or ``members`` for each member's own region layer. Members that
+        resize differently (squash vs crop) see non-square images differently; their
+        cells are aligned as if they saw the same square input."""
         import torch
 
         lacking = [m.config.name for m in self.members if not m.has_spatial]
@@ -150,7 +165,10 @@ class FusionEncoder(Encoder):
                 f"model {self.config.name!r}: member(s) {', '.join(lacking)} have no spatial "
                 "output; region features need every member to have one"
             )
-        grids = [m.feature_grid(b, layer) for m, b in zip(self.members, batch, strict=True)]
+        grids = [
+            m.feature_grid(b, m.region_layer if layer == MEMBERS else layer)
+            for m, b in zip(self.members, batch, strict=True)
+        ]
         h, w = grids[0].shape[1:3]
         out = []
         for g, wt in zip(grids, self.weights, strict=True):

@@ -139,31 +139,37 @@ def _hf_available(cfg: EncoderConfig) -> bool:
 
 
 class HFPooled:
-    """Factory for the transformers wrapper: model outputs -> one vector per image."""
+    """Factory for the transformers wrapper: model outputs -> one vector per image, and
+    the same forward pass's spatial output (:mod:`radsearch.encoders.spatial`)."""
 
     @staticmethod
-    def build(model, pooling: str):
+    def build(model, pooling: str, name: str = "model"):
         import torch
 
         from radsearch.encoders.pooling import pool_map
+        from radsearch.encoders.spatial import SpatialOutput, tokens_to_map
 
-        class _Module(torch.nn.Module):
+        class _Module(torch.nn.Module, SpatialOutput):
             def __init__(self):
                 super().__init__()
                 self.model = model
                 self.pooling = pooling
+                self.model_name = name
                 self.is_mae = getattr(model.config, "model_type", "") == "vit_mae"
 
-            def forward(self, x):
-                if self.pooling == "sam-avg":
-                    return pool_map(self.model.get_image_embeddings(x), "avg")
+            def outputs(self, x):
                 kwargs = {}
                 if self.is_mae:  # identity "shuffle": every patch kept, in order
                     n = (x.shape[-1] // self.model.config.patch_size) ** 2
                     kwargs["noise"] = torch.arange(n, device=x.device, dtype=x.dtype).expand(
                         x.shape[0], n
                     )
-                out = self.model(pixel_values=x, **kwargs)
+                return self.model(pixel_values=x, **kwargs)
+
+            def forward(self, x):
+                if self.pooling == "sam-avg":
+                    return pool_map(self.model.get_image_embeddings(x), "avg")
+                out = self.outputs(x)
                 if self.pooling == "cls":
                     return out.last_hidden_state[:, 0]
                 if self.pooling == "pooler":
@@ -172,6 +178,18 @@ class HFPooled:
                 if hidden.ndim == 4:
                     return pool_map(hidden, self.pooling)
                 return hidden[:, 1:].mean(dim=1)  # "avg" over patch tokens
+
+            def spatial_map(self, x):
+                """SAM's image embedding, a CNN's last map, or a ViT's last-hidden-state
+                patch tokens (after the final layer norm; CLS and registers dropped)."""
+                if self.pooling == "sam-avg":
+                    return self.model.get_image_embeddings(x)
+                hidden = self.outputs(x).last_hidden_state
+                if hidden.ndim == 4:
+                    return hidden
+                patch = self.model.config.patch_size
+                patch = patch[-1] if isinstance(patch, (list, tuple)) else patch
+                return tokens_to_map(hidden, side=x.shape[-1] // int(patch))
 
         return _Module()
 
@@ -191,7 +209,7 @@ def load_hf(cfg: EncoderConfig, weights: str | None):
         model = transformers.AutoModel.from_pretrained(
             str(d), local_files_only=True, **cfg.extra.get("from_pretrained", {})
         )
-    return HFPooled.build(model, cfg.pooling)
+    return HFPooled.build(model, cfg.pooling, cfg.name)
 
 
 def _size_of(v) -> int:

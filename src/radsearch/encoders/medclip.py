@@ -93,22 +93,30 @@ def _swin(cfg: EncoderConfig, swin_state: dict, path: Path):
 
 
 class MedClipImage:
-    """Factory for the torch module: Swin pooler output -> projection head."""
+    """Factory for the torch module: Swin pooler output -> projection head. Region
+    features: the last stage's tokens after the final layer norm (what the pooler
+    averages; 7x7x768 at 224 px), unprojected."""
 
     @staticmethod
-    def build(swin, projection):
+    def build(swin, projection, name: str = "medclip"):
         import torch
 
-        class _Module(torch.nn.Module):
+        from radsearch.encoders.spatial import SpatialOutput, tokens_to_map
+
+        class _Module(torch.nn.Module, SpatialOutput):
             def __init__(self):
                 super().__init__()
                 self.swin = swin
+                self.model_name = name
                 self.projection = torch.nn.Linear(*reversed(projection.shape), bias=False)
                 with torch.no_grad():
                     self.projection.weight.copy_(projection)
 
             def forward(self, x):
                 return self.projection(self.swin(pixel_values=x).pooler_output)
+
+            def spatial_map(self, x):
+                return tokens_to_map(self.swin(pixel_values=x).last_hidden_state, prefix=0)
 
         return _Module()
 
@@ -117,4 +125,4 @@ class MedClipImage:
 def load_medclip(cfg: EncoderConfig, weights: str | None):
     path = _checkpoint_file(cfg, weights)
     swin_state, projection = vision_tensors(read_state_dict(path, cfg), cfg, path)
-    return MedClipImage.build(_swin(cfg, swin_state, path), projection)
+    return MedClipImage.build(_swin(cfg, swin_state, path), projection, cfg.name)

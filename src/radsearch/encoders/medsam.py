@@ -7,7 +7,8 @@
   ``SamVisionModel`` (keys renamed on load), so it needs ``radsearch[hub]``.
 
 Pooling: both encoders emit SAM's 256x64x64 image embedding (the map the mask decoder
-reads); the vector is its mean over the 64x64 grid (256-d).
+reads); the vector is its mean over the 64x64 grid (256-d). Region features: the same
+embedding average-pooled to 14x14 (:mod:`radsearch.encoders.spatial`).
 
 Preprocessing follows how each model was trained, not SAM's: the image is squashed to
 the square input and scaled to [0, 1] with no mean/std (MedSAM and LiteMedSAM feed
@@ -69,22 +70,28 @@ register_encoder(
 )
 
 
-def _mapped_module(net, pooling: str):
-    """Wrap a ``BxCxHxW`` image encoder so it returns pooled ``BxC`` vectors."""
+def _mapped_module(net, pooling: str, name: str = "model"):
+    """Wrap a ``BxCxHxW`` image encoder so it returns pooled ``BxC`` vectors; its region
+    features are the same image embedding (pooled to the store's grid)."""
     import torch
 
     from radsearch.encoders.pooling import pool_map
+    from radsearch.encoders.spatial import SpatialOutput
 
-    class _Pooled(torch.nn.Module):
+    class _Pooled(torch.nn.Module, SpatialOutput):
         def __init__(self):
             super().__init__()
             self.net = net
+            self.model_name = name
 
-        def forward(self, x):
+        def spatial_map(self, x):
             out = self.net(x)
             if not isinstance(out, torch.Tensor):  # transformers output object
                 out = out.last_hidden_state
-            return pool_map(out, pooling)
+            return out
+
+        def forward(self, x):
+            return pool_map(self.spatial_map(x), pooling)
 
     return _Pooled()
 
@@ -224,7 +231,7 @@ def load_litemedsam(cfg: EncoderConfig, weights: str | None):
         raise EncoderError(f"model {cfg.name!r}: weights file not found: {path}")
     net = build_lite_image_encoder()
     net.load_state_dict(image_encoder_tensors(read_state_dict(path, cfg)), strict=True)
-    return _mapped_module(net, cfg.pooling)
+    return _mapped_module(net, cfg.pooling, cfg.name)
 
 
 # --- MedSAM ViT-B (segment_anything checkpoint) ------------------------------------
@@ -281,4 +288,4 @@ def load_sam_checkpoint(cfg: EncoderConfig, weights: str | None):
             f"model {cfg.name!r}: {path} is not a SAM ViT-B image encoder checkpoint "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return _mapped_module(net, cfg.pooling)
+    return _mapped_module(net, cfg.pooling, cfg.name)

@@ -140,7 +140,10 @@ class ClipEncoder(Encoder):
 
     def __init__(self, config: EncoderConfig, module, device: str = "cpu"):
         model, self.tokenizer = module
-        super().__init__(config, _ImageTower.build(model), device=device)
+        from radsearch.encoders.spatial import tower
+
+        # forward = encode_image (the projected vector); region features: _last_block_map
+        super().__init__(config, tower(model, config.name, _encode_image, _last_block_map), device)
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -154,22 +157,19 @@ class ClipEncoder(Encoder):
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
-class _ImageTower:
-    """Factory for the torch module the ``Encoder`` runs: ``forward`` = ``encode_image``."""
+def _encode_image(model, x):
+    return model.encode_image(x)
 
-    @staticmethod
-    def build(model):
-        import torch
 
-        class _Module(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
-
-            def forward(self, x):
-                return self.model.encode_image(x)
-
-        return _Module()
+def _last_block_map(model, x):
+    """Region features: the image tower's last block through open_clip's own
+    ``forward_intermediates`` (ViT: patch tokens after ``ln_post``, CLS dropped; a timm
+    trunk such as BiomedCLIP's: its tokens after its final norm; ResNet: its last map),
+    unprojected (the projection is trained on the pooled vector only)."""
+    out = model.visual.forward_intermediates(
+        x, indices=1, normalize_intermediates=True, intermediates_only=True
+    )
+    return out["image_intermediates"][-1]
 
 
 @register_family("open_clip", available=_available, encoder=ClipEncoder)

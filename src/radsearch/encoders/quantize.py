@@ -35,7 +35,9 @@ vectors meet the same bound. ``encoder.runtime_info`` says what ran.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -67,10 +69,14 @@ def cache_dir() -> Path:
 
 
 class _Batches:
-    """ONNX Runtime calibration reader over a preprocessed ``Nx3xSxS`` array."""
+    """ONNX Runtime calibration reader over a preprocessed ``Nx3xSxS`` array, in batches
+    of one size (the largest divisor of N up to ``batch``): the percentile and entropy
+    collectors stack every batch's outputs and fail on a short last batch."""
 
     def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH):
-        self.chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+        n = len(images)
+        batch = max(d for d in range(1, max(1, min(batch, n)) + 1) if n % d == 0)
+        self.chunks = [images[i : i + batch] for i in range(0, n, batch)]
         self.pos = 0
 
     def get_next(self):
@@ -121,7 +127,8 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(fp32)
-        with warnings.catch_warnings():
+        # the quantiser prints its progress; radsearch's stdout carries results only
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(

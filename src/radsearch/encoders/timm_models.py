@@ -5,7 +5,8 @@ Weights: ``model.safetensors`` / ``pytorch_model.bin`` of ``timm:<model_id>`` fr
 (:mod:`radsearch.encoders.hubcache`; never downloaded at run time).
 
 Pooling: the model's own head pooling with ``num_classes=0`` (average for CNNs,
-CLS/``token`` or average for ViTs as the model defines).
+CLS/``token`` or average for ViTs as the model defines). Region features: see
+:func:`_feature_map`.
 """
 
 from __future__ import annotations
@@ -53,18 +54,40 @@ def _available(cfg: EncoderConfig) -> bool:
     return resolves(timm_weights_file, cfg)
 
 
+def _forward(model, x):
+    return model(x)
+
+
+def _feature_map(model, x):
+    """Region features from the model's own ``forward_features`` (what its head pools):
+    a CNN's last map (NCHW, or NHWC where the model says ``output_fmt``), a ViT's
+    tokens after its final norm less its ``num_prefix_tokens`` (CLS, registers,
+    distillation) on the patch grid."""
+    from radsearch.encoders.spatial import tokens_to_map
+
+    feats = model.forward_features(x)
+    if feats.ndim == 3:
+        return tokens_to_map(feats, prefix=getattr(model, "num_prefix_tokens", 0))
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        return feats.permute(0, 3, 1, 2)
+    return feats
+
+
 @register_family("timm", available=_available)
 def load_timm(cfg: EncoderConfig, weights: str | None):
     f = timm_weights_file(cfg, weights)
     timm = import_optional("timm", cfg.name)
     with hub_offline():
-        return timm.create_model(
+        model = timm.create_model(
             cfg.model_id,
             pretrained=True,
             num_classes=0,
             pretrained_cfg_overlay={"file": str(f), "source": ""},
             **cfg.extra.get("model_kwargs", {}),
         )
+    from radsearch.encoders.spatial import tower
+
+    return tower(model, cfg.name, _forward, _feature_map)
 
 
 @register_prefix("timm")

@@ -206,9 +206,12 @@ def compute_embeddings(
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
+    calibration_refs=None,
 ):
     """Embed ``refs`` with ``model`` through the cache; returns (config, kept refs,
-    vectors, failures, cache folder)."""
+    vectors, failures, cache folder). ``calibration_refs``: the images an int8 variant
+    is calibrated on (``radsearch.encoders.quantize``; the index split, so query images
+    never shape the model), default ``refs``."""
     from radsearch.embed import embed_refs
     from radsearch.encoders import create_encoder, get_config
 
@@ -225,6 +228,9 @@ def compute_embeddings(
             work,
         )
     encoder = create_encoder(model, weights=weights, device=device)
+    from radsearch.encoders.quantize import ensure_int8
+
+    ensure_int8(encoder, calibration_refs or refs)
     result = embed_refs(
         refs,
         encoder,

@@ -149,6 +149,7 @@ def get_vectors(opts: EvalOptions, refs, index_refs, query_refs):
         batch_size=opts.batch_size,
         workers=opts.workers,
         progress=opts.progress,
+        calibration_refs=index_refs,
     )
     if failures:
         _warn(

@@ -166,10 +166,10 @@ def grids_from_cache(grid_dir, layer: str, ids: list[str]) -> dict:
 def attach_store(index, refs, encoder, grid_dir=None, progress: bool = False):
     """Give an evaluation index (``refs`` row-aligned) region features; returns the store."""
     from radsearch.io.items import load_pixels
-    from radsearch.regions.extract import extract_codes
-    from radsearch.regions.features import region_spec, store_of
+    from radsearch.regions.extract import extract_codes, new_spec
+    from radsearch.regions.features import store_of
 
-    index.manifest["regions"] = region_spec(encoder)
+    index.manifest["regions"] = new_spec(encoder)
     store = store_of(index)
     if grid_dir is None:
         codes, sizes = extract_codes(store, refs, encoder, progress=progress)
@@ -297,7 +297,7 @@ def roi_step(opts, data, metrics: dict, index) -> list[dict]:
     tb = boxes_by_row(index, table)
     metrics["roi"] = {
         "queries": len(rois),
-        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec")}
+        "settings": {k: store.spec.get(k) for k in ("layer", "grid", "dim", "codec", "contrast")}
         | {"global_weight": GLOBAL_WEIGHT},
         "precision_at_k": precision(nb, rcodes, icodes),
         "whole_image_precision_at_k": precision(whole, rcodes, icodes),

@@ -121,7 +121,7 @@ def enable_regions(index, encoder, wanted: bool | None):
 
     An index that keeps region features always gets them for new items; a new index
     gets them when ``wanted`` (default: when the encoder has a spatial output)."""
-    from radsearch.regions.features import region_spec, store_of
+    from radsearch.regions.features import store_of
 
     if index.manifest.get("regions"):
         return store_of(index)
@@ -129,8 +129,16 @@ def enable_regions(index, encoder, wanted: bool | None):
         return None
     if not encoder.has_spatial:
         encoder.feature_grid(None)  # raises the encoder's own "no spatial output" error
-    index.manifest["regions"] = region_spec(encoder)
+    index.manifest["regions"] = new_spec(encoder)
     return store_of(index)
+
+
+def new_spec(encoder) -> dict:
+    """The manifest entry of a new region store: the encoder's own region layer and grid
+    geometry (a fusion's is its first member's)."""
+    from radsearch.regions.features import region_spec
+
+    return {**region_spec(encoder, layer=encoder.region_layer), **encoder.region_geometry()}
 
 
 def codes_for_new_items(index, refs, regions, batch_size, workers, progress):

@@ -188,7 +188,7 @@ class RegionStore:
         it (a finding) dominates the cosines; query grids get the same (``project``)."""
         c = self.codec.decode(np.asarray(codes))
         c = c.reshape(len(c), -1, c.shape[-1])
-        if self.spec.get("contrast"):
+        if self.spec.get("contrast", DEFAULT["contrast"]):  # query-time: old indexes too
             c -= c.mean(axis=1, keepdims=True)
         return c
 
