@@ -217,3 +217,24 @@ def test_evaluate_calibrates_int8_on_the_index_split_only(folder, model_cache, t
     np.testing.assert_allclose(
         vecs[row], direct.encode_images([read_image(folder / "blob" / "0.png")])[0], atol=1e-5
     )
+
+
+def test_serve_on_an_int8_index_runs_its_int8_model(folder, model_cache, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from radsearch.pipeline import build_index
+    from radsearch.serve import create_app
+
+    refs = list(iter_source(folder, label_from_folder=True))
+    out = tmp_path / "idx"
+    build_index(refs, out, model=INT8, batch_size=8, workers=0, progress=False, regions=False)
+    # an fp32 runtime asked for: the index's own int8 model still encodes the queries
+    app = create_app(out, runtime="onnx")
+    client = TestClient(app, base_url="http://127.0.0.1")
+    info = client.get("/api/info").json()
+    assert info["encoder"] == INT8 and info["runtime"] == "onnx-int8"
+    png = (folder / "stripes" / "3.png").read_bytes()
+    resp = client.post("/api/search", files={"file": ("q.png", png, "image/png")}, data={"k": "1"})
+    hit = resp.json()["hits"][0]
+    assert resp.status_code == 200 and hit["id"] == "stripes/3.png" and hit["score"] > 0.9999
