@@ -2,15 +2,20 @@
 
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 [--clients 50] [--duration 20]
     python benchmarks/serve_load.py --index DIR        # starts (and stops) a server itself
-    python benchmarks/serve_load.py --index DIR --compare   # unbatched vs batched, 1/10/50 clients
+    python benchmarks/serve_load.py --index DIR --compare --server-runtime onnx
 
-Each client (a thread with its own HTTP connection) posts query images to
-``/api/search`` (or GETs ``--endpoint health|info|image``) back to back until the time
-is up. Prints requests/s, latency p50/p95/p99/max and the error count (any non-200
-answer or transport error). ``--compare`` starts the server twice, one query at a time
-(``--batch-max 1``) and batched (the default), and prints both at 1, 10 and 50 clients
-with the server's resident memory. Query images: ``--image`` files, else a few RadBench test
-images from ../shared/radbench, else a synthetic pattern.
+Each client (a thread with its own keep-alive HTTP connection, plain ``http.client``
+with request bodies encoded once, so the client takes little CPU from the server it
+measures) posts query images to ``/api/search`` (or GETs ``--endpoint
+health|info|image``) back to back until the time is up. Prints requests/s, latency
+p50/p95/p99/max and the error count (any non-200 answer or transport error).
+``--compare`` starts three servers side by side: one query at a time (``--batch-max
+1``), batched (the default) and batched with ``--workers 2`` (``--compare-workers``),
+alternates runs at 1, 10 and 50 clients, and prints them with the servers' resident
+memory (summed over worker processes), each server's throughput over the unbatched
+one, and the load average before and after (the machine is shared). Query images:
+``--image`` files, else a few RadBench test images from ../shared/radbench, else a
+synthetic pattern.
 """
 
 from __future__ import annotations
