@@ -2,21 +2,27 @@
 
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 [--clients 50] [--duration 20]
     python benchmarks/serve_load.py --index DIR        # starts (and stops) a server itself
-    python benchmarks/serve_load.py --index DIR --compare   # unbatched vs batched, 1/10/50 clients
+    python benchmarks/serve_load.py --index DIR --compare --server-runtime onnx
 
-Each client (a thread with its own HTTP connection) posts query images to
-``/api/search`` (or GETs ``--endpoint health|info|image``) back to back until the time
-is up. Prints requests/s, latency p50/p95/p99/max and the error count (any non-200
-answer or transport error). ``--compare`` starts the server twice, one query at a time
-(``--batch-max 1``) and batched (the default), and prints both at 1, 10 and 50 clients
-with the server's resident memory. Query images: ``--image`` files, else a few RadBench test
-images from ../shared/radbench, else a synthetic pattern.
+Each client (a thread with its own keep-alive HTTP connection, plain ``http.client``
+with request bodies encoded once, so the client takes little CPU from the server it
+measures) posts query images to ``/api/search`` (or GETs ``--endpoint
+health|info|image``) back to back until the time is up. Prints requests/s, latency
+p50/p95/p99/max and the error count (any non-200 answer or transport error).
+``--compare`` starts three servers side by side: one query at a time (``--batch-max
+1``), batched (the default) and batched with ``--workers 2`` (``--compare-workers``),
+alternates runs at 1, 10 and 50 clients, and prints them with the servers' resident
+memory (summed over worker processes), each server's throughput over the unbatched
+one, and the load average before and after (the machine is shared). Query images:
+``--image`` files, else a few RadBench test images from ../shared/radbench, else a
+synthetic pattern.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import http.client
 import io
 import json
 import os
@@ -25,7 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 
@@ -96,6 +104,45 @@ def start_server(
     raise SystemExit("server did not become ready in 120 s")
 
 
+def multipart(fields: dict, file: tuple[str, bytes]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body (built once per image, not per request)."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    name, data = file
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
+    parts += [data, f"\r\n--{boundary}--\r\n".encode()]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _requests(url, images, k, endpoint, headers) -> list[tuple[str, str, bytes | None, dict]]:
+    """(method, path, body, headers) the clients cycle through."""
+    import httpx
+
+    if endpoint == "search":
+        out = []
+        for image in images:
+            body, ctype = multipart({"k": k}, image)
+            out.append(("POST", "/api/search", body, {**headers, "Content-Type": ctype}))
+        return out
+    if endpoint == "image":
+        res = httpx.post(
+            url + "/api/search",
+            headers=headers,
+            timeout=120,
+            files={"file": images[0]},
+            data={"k": "1"},
+        ).json()
+        path = f"/api/items/{quote(res['hits'][0]['id'], safe='')}/image?size=256"
+        return [("GET", path, None, headers)]
+    return [("GET", f"/api/{endpoint}", None, headers)]
+
+
 def run_load(
     url: str,
     clients: int,
@@ -107,59 +154,46 @@ def run_load(
     token: str | None = None,
     warmup: float = 2.0,
 ) -> dict:
-    import httpx
+    """``clients`` threads, one keep-alive connection each, requests back to back.
 
+    The client is plain ``http.client`` with request bodies encoded once: on a 2-core
+    machine a heavier client (httpx, per-request multipart encoding) takes about a core
+    from the server it measures.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    image_id = None
-    if endpoint == "image":
-        res = httpx.post(
-            url + "/api/search",
-            headers=headers,
-            timeout=120,
-            files={"file": images[0]},
-            data={"k": "1"},
-        ).json()
-        image_id = res["hits"][0]["id"]
-
+    requests = _requests(url, images, k, endpoint, headers)
+    where = urlsplit(url)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[list[str]] = [[] for _ in range(clients)]
+    answered = [0] * clients  # warm-up included: the server's CPU time is over all of them
     start = threading.Barrier(clients + 1)
     window = {}
 
     def client(n: int) -> None:
-        with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-            start.wait()
-            i = n
-            while True:
-                now = time.perf_counter()
-                if now >= window["end"]:
-                    return
-                name, data = images[i % len(images)]
-                i += 1
-                t0 = time.perf_counter()
-                try:
-                    if endpoint == "search":
-                        r = http.post(
-                            "/api/search", files={"file": (name, data)}, data={"k": str(k)}
-                        )
-                    elif endpoint == "image":
-                        from urllib.parse import quote
-
-                        r = http.get(
-                            f"/api/items/{quote(image_id, safe='')}/image", params={"size": 256}
-                        )
-                    else:
-                        r = http.get(f"/api/{endpoint}")
-                    ok = r.status_code == 200
-                    why = None if ok else f"HTTP {r.status_code}: {r.text[:120]}"
-                except httpx.HTTPError as exc:
-                    ok, why = False, f"{type(exc).__name__}: {exc}"
-                t1 = time.perf_counter()
-                if t0 >= window["measure"]:  # requests started during warm-up are not counted
-                    if ok:
-                        latencies[n].append(t1 - t0)
-                    else:
-                        errors[n].append(why)
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
+        start.wait()
+        i = n
+        while time.perf_counter() < window["end"]:
+            method, path, body, hdrs = requests[i % len(requests)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                conn.request(method, path, body, hdrs)
+                r = conn.getresponse()
+                text = r.read()
+                why = None if r.status == 200 else f"HTTP {r.status}: {text[:120]!r}"
+            except (OSError, http.client.HTTPException) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                conn.close()
+                conn = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
+            t1 = time.perf_counter()
+            answered[n] += why is None
+            if t0 >= window["measure"]:  # requests started during warm-up are not counted
+                if why is None:
+                    latencies[n].append(t1 - t0)
+                else:
+                    errors[n].append(why)
+        conn.close()
 
     threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
     for t in threads:
@@ -188,35 +222,77 @@ def run_load(
         "max_ms": round(float(lat.max()), 1) if lat.size else None,
         "errors": len(errs),
         "error_examples": sorted(set(errs))[:5],
+        "answered": sum(answered),
     }
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of ``--workers N``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def _rss_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) resident memory of ``pid`` in MB, from /proc."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
+    """(current, peak) resident memory of ``pid`` and its workers in MB, from /proc
+    (summed: pages the workers share, such as the memory-mapped index, count per worker)."""
+    rss = peak = 0.0
+    for p in _tree(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "VmRSS":
+                rss += int(value.split()[0]) / 1024
+            elif key == "VmHWM":
+                peak += int(value.split()[0]) / 1024
+    return rss, peak
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its workers, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _modes(args) -> dict[str, tuple[str, ...]]:
+    common = ("--runtime", args.server_runtime)
+    modes = {"unbatched": (*common, "--batch-max", "1"), "batched": common}
+    if args.compare_workers > 1:
+        modes[f"batched x{args.compare_workers}"] = (
+            *common,
+            "--workers",
+            str(args.compare_workers),
+        )
+    return modes
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def compare(args, images) -> int:
-    """Unbatched vs batched server at 1, 10 and 50 clients, printed as one table.
+    """Unbatched, batched (and batched with ``--workers``) at 1, 10 and 50 clients.
 
-    Both servers run for the whole comparison and the runs alternate (unbatched, then
-    batched, at each client count), so drifting load on a shared machine hits both.
+    All servers run for the whole comparison and the runs alternate (each server in
+    turn at each client count), so drifting load on a shared machine hits all of them.
     """
-    common = ("--runtime", args.server_runtime)
-    modes = {"unbatched": (*common, "--batch-max", "1"), "batched": common}
+    print(f"{os.cpu_count()} cores; before: {_load()}", flush=True)
     servers = {
         m: start_server(args.index, args.token, args.server_threads, extra)
-        for m, extra in modes.items()
+        for m, extra in _modes(args).items()
     }
     rows = []
     try:
         for clients in args.compare_clients:
             for mode, (proc, url) in servers.items():
+                cpu0 = _cpu_seconds(proc.pid)
                 r = run_load(
                     url,
                     clients,
@@ -226,31 +302,43 @@ def compare(args, images) -> int:
                     token=args.token,
                     warmup=args.warmup,
                 )
-                rss, peak = _rss_mb(proc.pid)
-                rows.append((mode, clients, r, rss, peak))
+                r["cpu_ms_per_request"] = round(
+                    (_cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, r["answered"]), 1
+                )
+                rows.append((mode, clients, r, *_rss_mb(proc.pid)))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=20)
     print(
         f"/api/search, {len(images)} query image(s), k={args.k}, {args.duration:g} s per run, "
-        f"runtime {args.server_runtime}, server threads {args.server_threads or 'default'}"
+        f"runtime {args.server_runtime}, server threads {args.server_threads or 'default'}; "
+        f"after: {_load()}"
     )
+    _print_table(rows)
+    return 0 if all(r["errors"] == 0 for _, _, r, _, _ in rows) else 1
+
+
+def _print_table(rows) -> None:
     print(
-        f"{'server':<10} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'errors':>6} {'RSS MB':>7} {'peak MB':>8}"
+        f"{'server':<12} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'errors':>6} {'RSS MB':>7} {'peak MB':>8} {'CPU ms/req':>10}"
     )
     for mode, clients, r, rss, peak in rows:
         print(
-            f"{mode:<10} {clients:>7} {r['requests_per_s']:>7} {r['p50_ms']:>8} "
-            f"{r['p95_ms']:>8} {r['errors']:>6} {rss:>7.0f} {peak:>8.0f}"
+            f"{mode:<12} {clients:>7} {r['requests_per_s']:>7} {r['p50_ms']:>8} "
+            f"{r['p95_ms']:>8} {r['errors']:>6} {rss:>7.0f} {peak:>8.0f} "
+            f"{r['cpu_ms_per_request']:>10}"
         )
     base = {c: r for m, c, r, _, _ in rows if m == "unbatched"}
     for mode, clients, r, _, _ in rows:
-        if mode == "batched" and base[clients]["requests_per_s"]:
+        if mode != "unbatched" and base[clients]["requests_per_s"]:
             gain = r["requests_per_s"] / base[clients]["requests_per_s"]
-            print(f"  {clients} client(s): batched / unbatched throughput {gain:.2f}x")
-    return 0 if all(r["errors"] == 0 for _, _, r, _, _ in rows) else 1
+            lean = base[clients]["cpu_ms_per_request"] / max(r["cpu_ms_per_request"], 1e-9)
+            print(
+                f"  {clients} client(s): {mode} / unbatched throughput {gain:.2f}x, "
+                f"CPU per request {lean:.2f}x less (the gain on a fixed share of the cores)"
+            )
 
 
 def main(argv=None) -> int:
@@ -287,6 +375,12 @@ def main(argv=None) -> int:
         type=lambda t: [int(x) for x in t.split(",")],
         default=[1, 10, 50],
         help="client counts for --compare (default 1,10,50)",
+    )
+    ap.add_argument(
+        "--compare-workers",
+        type=int,
+        default=2,
+        help="with --compare: also a batched server with --workers N (0: leave it out)",
     )
     args = ap.parse_args(argv)
 

@@ -128,19 +128,25 @@ def test_index_built_with_int8_records_it_and_searches_with_it(folder, model_cac
         Index.open(out).encoder()
 
 
-def test_cli_search_with_fp32_model_on_int8_index_is_refused(folder, model_cache, tmp_path):
+def test_cli_indexes_with_int8_and_refuses_fp32_queries(folder, model_cache, tmp_path):
     import subprocess
     import sys
 
-    from radsearch.pipeline import build_index
-
-    refs = list(iter_source(folder, label_from_folder=True))
     out = tmp_path / "idx"
-    build_index(refs, out, model=INT8, batch_size=8, workers=0, progress=False, regions=False)
-    env = {**os.environ, "RADSEARCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "radsearch.cli", "search", str(out)]
+    # a fresh model cache: the quantiser runs in the child (no cache hit)
+    env = {**os.environ, "RADSEARCH_THREADS": "1", "RADSEARCH_CACHE": str(tmp_path / "c")}
+    cli = [sys.executable, "-m", "radsearch.cli"]
+    index = [*cli, "index", str(folder), "--out", str(out), "--no-progress", "--no-regions"]
+    proc = subprocess.run([*index, "--model", INT8], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # one result line: the quantiser's own progress prints never reach stdout
+    assert proc.stdout.splitlines() == [proc.stdout.strip()]
+    assert proc.stdout.startswith("indexed 15 new item(s)") and INT8 in proc.stdout
+    assert list((tmp_path / "c" / "onnx").glob("*.onnx"))
     args = [str(folder / "blob" / "0.png"), "--model", "efficientnet-lite0"]
-    proc = subprocess.run(cmd + args, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [*cli, "search", str(out), *args], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("radsearch: error:") and "refusing" in proc.stderr
 
@@ -211,3 +217,24 @@ def test_evaluate_calibrates_int8_on_the_index_split_only(folder, model_cache, t
     np.testing.assert_allclose(
         vecs[row], direct.encode_images([read_image(folder / "blob" / "0.png")])[0], atol=1e-5
     )
+
+
+def test_serve_on_an_int8_index_runs_its_int8_model(folder, model_cache, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from radsearch.pipeline import build_index
+    from radsearch.serve import create_app
+
+    refs = list(iter_source(folder, label_from_folder=True))
+    out = tmp_path / "idx"
+    build_index(refs, out, model=INT8, batch_size=8, workers=0, progress=False, regions=False)
+    # an fp32 runtime asked for: the index's own int8 model still encodes the queries
+    app = create_app(out, runtime="onnx")
+    client = TestClient(app, base_url="http://127.0.0.1")
+    info = client.get("/api/info").json()
+    assert info["encoder"] == INT8 and info["runtime"] == "onnx-int8"
+    png = (folder / "stripes" / "3.png").read_bytes()
+    resp = client.post("/api/search", files={"file": ("q.png", png, "image/png")}, data={"k": "1"})
+    hit = resp.json()["hits"][0]
+    assert resp.status_code == 200 and hit["id"] == "stripes/3.png" and hit["score"] > 0.9999

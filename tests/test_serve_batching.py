@@ -137,7 +137,7 @@ def test_a_bad_filter_fails_only_its_own_query(index_dir):
 def test_onnx_runtime_serves_the_same_hits(index_dir):
     """``--runtime onnx``: the query encoder runs on ONNX Runtime; hits are those of the
     torch path (``radsearch search``), scores within the runtime's 1e-3 tolerance, and
-    batched equals one at a time within 1e-5."""
+    batched (two batches side by side) equals one at a time within 1e-5."""
     pytest.importorskip("onnxruntime")
     from PIL import Image
 
@@ -147,9 +147,11 @@ def test_onnx_runtime_serves_the_same_hits(index_dir):
 
     bodies = [_png(kind, seed) for kind, seed in QUERIES[:6]]
     index = Index.open(index_dir)
-    app = create_app(index_dir, runtime="onnx", batch_max=8, batch_window=0.05)
+    # two cores: two batch workers, each forward pass on its own ORT session thread
+    app = create_app(index_dir, runtime="onnx", batch_max=8, batch_window=0.05, threads=2)
     with LiveServer(app) as url:
-        assert httpx.get(url + "/api/info").json()["runtime"] == "onnx"
+        info = httpx.get(url + "/api/info").json()
+        assert info["runtime"] == "onnx" and info["batching"]["workers"] == 2
         alone = [_post(url, i, body) for i, body in enumerate(bodies)]  # one at a time
         for _ in range(3):
             together = _together(url, bodies)
@@ -169,3 +171,49 @@ def test_onnx_runtime_serves_the_same_hits(index_dir):
         assert [h["id"] for h in many["hits"]] == [h["id"] for h in one["hits"]]
         for h, w in zip(many["hits"], one["hits"], strict=True):
             assert h["score"] == pytest.approx(w["score"], abs=1e-5)
+
+
+def test_queries_waiting_together_are_embedded_in_one_batch(index_dir):
+    """While the encoder is busy, queries queue; the next batch takes all of them at once
+    (counted by ``batch_sizes``, no timing) and each gets its one-at-a-time answer."""
+    from radsearch.index import Index
+    from radsearch.search import search_index
+    from radsearch.serve.batcher import QueryBatcher
+
+    index = Index.open(index_dir)
+    batcher = QueryBatcher(index, max_batch=8, window=0.0, workers=1)
+    images = [make_pattern(kind, seed=seed)[:, :, None].repeat(3, axis=2) for kind, seed in QUERIES]
+    out: dict[int, object] = {}
+
+    def run(i):
+        where = {"label": "rings,blob"} if _options(i)["where"] else None
+        out[i] = batcher.search(images[i], f"q{i}", k=3, where=where)
+
+    batcher.lock.acquire()  # the encoder is busy: the first query waits for it, dequeued
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    queued = batcher._queue
+    _until(lambda: queued.unfinished_tasks == 1 and queued.qsize() == 0)  # put, then taken
+    rest = [threading.Thread(target=run, args=(i,)) for i in range(1, 6)]
+    for t in rest:
+        t.start()
+    _until(lambda: queued.qsize() == 5)
+    batcher.lock.release()
+    for t in [first, *rest]:
+        t.join()
+    assert batcher.batch_sizes == {1: 1, 5: 1}
+    for i in range(6):
+        where = {"label": "rings,blob"} if _options(i)["where"] else None
+        want = search_index(index, [images[i]], k=3, where=where)[0]
+        assert [h.id for h in out[i].hits] == [h.id for h in want.hits]
+        for h, w in zip(out[i].hits, want.hits, strict=True):
+            assert h.score == pytest.approx(w.score, abs=1e-5)
+
+
+def _until(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

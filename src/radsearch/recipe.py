@@ -387,8 +387,13 @@ class Recipe:
         if "flip" not in self.steps or not images:
             return encoder.encode_images(images)
         batch = encoder.collate([encoder.preprocess_fn()(im) for im in images])
-        v = encoder.encode(batch) + encoder.encode(_flip_batch(batch))
-        return _l2n(v)
+        return self.encode_batch(encoder, batch)
+
+    def encode_batch(self, encoder, batch) -> np.ndarray:
+        """A collated, preprocessed query batch -> vectors (``flip``: image and mirror)."""
+        if "flip" not in self.steps:
+            return encoder.encode(batch)
+        return _l2n(encoder.encode(batch) + encoder.encode(_flip_batch(batch)))
 
 
 def _digest(state: dict) -> str:

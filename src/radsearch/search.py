@@ -118,11 +118,29 @@ def embed_queries(index, queries) -> tuple[list[str], np.ndarray]:
         else:
             names.append(f"image[{i}]")
             images.append(np.asarray(q))
+    if not images:
+        return names, np.zeros((0, index.dim), np.float32)
+    return names, encode_prepared(index, [prepare_query(index, im) for im in images])
+
+
+def prepare_query(index, image: np.ndarray):
+    """One query image (``HxWx3 uint8``) -> the encoder's preprocessed input.
+
+    The CPU work before the forward pass (resize, normalisation), apart so the server's
+    request threads can do it concurrently; :func:`encode_prepared` does the rest.
+    """
+    return index.encoder().preprocess(np.asarray(image))
+
+
+def encode_prepared(index, prepared: list) -> np.ndarray:
+    """Preprocessed queries (:func:`prepare_query`) -> vectors in one forward pass,
+    through the index's recipe (flip TTA) when it has one."""
     encoder = index.encoder()
+    batch = encoder.collate(prepared)
     recipe = index.recipe
     if recipe is not None:
-        return names, recipe.encode_queries(encoder, images)
-    return names, encoder.encode_images(images)
+        return recipe.encode_batch(encoder, batch)
+    return encoder.encode(batch)
 
 
 def embed_texts(index, text: str | list[str]) -> tuple[list[str], np.ndarray]:

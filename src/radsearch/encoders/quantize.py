@@ -35,7 +35,9 @@ vectors meet the same bound. ``encoder.runtime_info`` says what ran.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -125,7 +127,8 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(fp32)
-        with warnings.catch_warnings():
+        # the quantiser prints its progress; radsearch's stdout carries results only
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(

@@ -103,7 +103,11 @@ def _info(ctx: ServeContext) -> dict:
             "max_k": s.max_k,
             "decode_memory_bytes": ctx.budget.total,
         },
-        "batching": {"max_batch": ctx.batcher.max_batch, "window_s": ctx.batcher.window},
+        "batching": {
+            "max_batch": ctx.batcher.max_batch,
+            "window_s": ctx.batcher.window,
+            "workers": ctx.batcher.workers,
+        },
         "runtime": (getattr(index.encoder(), "runtime_info", None) or {}).get("runtime", "torch"),
     }
 
@@ -167,6 +171,36 @@ def _build_app(ctx: ServeContext, token: str | None, hosts: frozenset[str]) -> F
     return app
 
 
+def encoder_plan(encoder, runtime: str, batch_max: int, threads: int | None) -> int:
+    """Set the query encoder's runtime and threads; the number of batch workers.
+
+    Lite0 on ONNX Runtime costs the same per image at batch 1 and 8, and an intra-op
+    thread pool spends CPU on hand-offs, so a batching server runs one batch per core
+    side by side (ORT releases the GIL), each on one thread, while a lone query still
+    gets every core (``ConcurrentOnnxModule``). One query at a time (``batch_max=1``)
+    and eager torch get one worker whose forward pass uses every core.
+    """
+    from radsearch.encoders.accel import OnnxModule, accelerate, cpu_threads
+
+    cores = threads or cpu_threads()
+    if runtime == "torch":
+        return 1
+    accelerate(encoder, runtime, threads=cores)  # load and export now, not on a query
+    if not isinstance(encoder.module, OnnxModule) or batch_max == 1 or cores == 1:
+        return 1
+    encoder.module = encoder.module.concurrent(cores)
+    encoder.module.narrow(_probe_input(encoder))  # sessions start now, not on a query
+    encoder.module(_probe_input(encoder))
+    return cores
+
+
+def _probe_input(encoder):
+    import torch
+
+    size = encoder.config.input_size
+    return torch.zeros(1, 3, size, size)
+
+
 def create_app(
     index_path,
     token: str | None = None,
@@ -184,6 +218,7 @@ def create_app(
     batch_max: int = DEFAULT_MAX_BATCH,
     batch_window: float = DEFAULT_WINDOW,
     runtime: str = "torch",
+    threads: int | None = None,
 ):
     """The ASGI app serving the index at ``index_path`` (see module docstring).
 
@@ -193,16 +228,14 @@ def create_app(
     ``batch_window`` seconds (``batch_max=1``: one at a time; see ``serve/batcher.py``).
     ``runtime``: the query encoder's inference runtime (``encoders.accel``): ``torch``
     (default) gives exactly the hits of ``radsearch search``; ``onnx``/``auto`` are several
-    times faster on the CPU, with vectors within 1e-3 cosine of torch's.
+    times faster on the CPU, with vectors within 1e-3 cosine of torch's. ``threads``: ONNX
+    Runtime's intra-op threads (default: every core this process may use; a batch of
+    queries spreads over them).
     """
     from radsearch.index import Index
 
     index = Index.open(index_path)
-    encoder = index.encoder(device=device)  # load the model once, now, not on the first query
-    if runtime != "torch":
-        from radsearch.encoders.accel import accelerate
-
-        accelerate(encoder, runtime)
+    workers = encoder_plan(index.encoder(device=device), runtime, batch_max, threads)
     index.row_of("")  # build the id -> row map once
     hosts = allowed_hosts_for(host, allowed_hosts or ())
     settings = Settings(
@@ -219,7 +252,7 @@ def create_app(
         index=index,
         settings=settings,
         budget=DecodeBudget(decode_memory),
-        batcher=QueryBatcher(index, batch_max, batch_window),
+        batcher=QueryBatcher(index, batch_max, batch_window, workers),
     )
     ctx.info = _info(ctx)
 

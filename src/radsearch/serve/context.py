@@ -72,8 +72,9 @@ class ServeContext:
     thumbs: LRU = field(default_factory=lambda: LRU(THUMB_CACHE_SIZE))
 
     @property
-    def search_lock(self) -> threading.Lock:
-        """The encoder's lock: routes that embed outside the batcher hold it."""
+    def search_lock(self) -> threading.BoundedSemaphore:
+        """A slot of the encoder (one per batch worker): routes that embed outside the
+        batcher hold one while they do."""
         return self.batcher.lock
 
     def hidden(self) -> set[str]:
