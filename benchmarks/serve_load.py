@@ -165,6 +165,7 @@ def run_load(
     where = urlsplit(url)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[list[str]] = [[] for _ in range(clients)]
+    answered = [0] * clients  # warm-up included: the server's CPU time is over all of them
     start = threading.Barrier(clients + 1)
     window = {}
 
@@ -186,6 +187,7 @@ def run_load(
                 conn.close()
                 conn = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
             t1 = time.perf_counter()
+            answered[n] += why is None
             if t0 >= window["measure"]:  # requests started during warm-up are not counted
                 if why is None:
                     latencies[n].append(t1 - t0)
@@ -220,6 +222,7 @@ def run_load(
         "max_ms": round(float(lat.max()), 1) if lat.size else None,
         "errors": len(errs),
         "error_examples": sorted(set(errs))[:5],
+        "answered": sum(answered),
     }
 
 
@@ -246,6 +249,16 @@ def _rss_mb(pid: int) -> tuple[float, float]:
             elif key == "VmHWM":
                 peak += int(value.split()[0]) / 1024
     return rss, peak
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its workers, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def _modes(args) -> dict[str, tuple[str, ...]]:
@@ -279,6 +292,7 @@ def compare(args, images) -> int:
     try:
         for clients in args.compare_clients:
             for mode, (proc, url) in servers.items():
+                cpu0 = _cpu_seconds(proc.pid)
                 r = run_load(
                     url,
                     clients,
@@ -287,6 +301,9 @@ def compare(args, images) -> int:
                     k=args.k,
                     token=args.token,
                     warmup=args.warmup,
+                )
+                r["cpu_ms_per_request"] = round(
+                    (_cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, r["answered"]), 1
                 )
                 rows.append((mode, clients, r, *_rss_mb(proc.pid)))
     finally:
@@ -305,18 +322,23 @@ def compare(args, images) -> int:
 def _print_table(rows) -> None:
     print(
         f"{'server':<12} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'errors':>6} {'RSS MB':>7} {'peak MB':>8}"
+        f"{'errors':>6} {'RSS MB':>7} {'peak MB':>8} {'CPU ms/req':>10}"
     )
     for mode, clients, r, rss, peak in rows:
         print(
             f"{mode:<12} {clients:>7} {r['requests_per_s']:>7} {r['p50_ms']:>8} "
-            f"{r['p95_ms']:>8} {r['errors']:>6} {rss:>7.0f} {peak:>8.0f}"
+            f"{r['p95_ms']:>8} {r['errors']:>6} {rss:>7.0f} {peak:>8.0f} "
+            f"{r['cpu_ms_per_request']:>10}"
         )
     base = {c: r for m, c, r, _, _ in rows if m == "unbatched"}
     for mode, clients, r, _, _ in rows:
         if mode != "unbatched" and base[clients]["requests_per_s"]:
             gain = r["requests_per_s"] / base[clients]["requests_per_s"]
-            print(f"  {clients} client(s): {mode} / unbatched throughput {gain:.2f}x")
+            lean = base[clients]["cpu_ms_per_request"] / max(r["cpu_ms_per_request"], 1e-9)
+            print(
+                f"  {clients} client(s): {mode} / unbatched throughput {gain:.2f}x, "
+                f"CPU per request {lean:.2f}x less (the gain on a fixed share of the cores)"
+            )
 
 
 def main(argv=None) -> int:

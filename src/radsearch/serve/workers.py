@@ -6,9 +6,9 @@ socket before anything heavy is loaded: no threads exist yet, so the fork is saf
 Each worker opens the index itself (FAISS memory-mapped read-only: the vectors' pages
 are shared through the page cache, not copied), loads its own encoder and runs its own
 batcher and uvicorn; the kernel spreads incoming connections over the sockets (one
-that reaches a worker still loading waits for it). The
-parent only waits: SIGINT/SIGTERM stop every worker, and a worker that exits stops the
-others (no respawn: a crash is a bug to see, not to hide).
+that reaches a worker still loading waits for it). The parent only waits: SIGINT and
+SIGTERM stop every worker, and a worker that exits stops the others (no respawn: a
+crash is a bug to see, not to hide).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import traceback
 from radsearch.errors import RadsearchError
 
 BACKLOG = 2048  # uvicorn's default
+
 
 def _bound(host: str, port: int, share: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
