@@ -284,4 +284,6 @@ def test_16bit_7000px_png_decoded_within_memory_budget(index_dir, tmp_path):
     )
     assert answers == [200] * 4
     assert (one - idle) / 1024 < 400  # the target
-    assert (four - idle) / 1024 < 500  # two decodes at a time (DecodeBudget); was 6.1 GB
+    # two decodes at a time (DecodeBudget), their freed heap trimmed (+470 MB without;
+    # was 6.1 GB before the budget)
+    assert (four - idle) / 1024 < 400

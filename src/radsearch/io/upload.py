@@ -102,10 +102,33 @@ class DecodeBudget:
         try:
             yield
         finally:
+            _release_freed_heap()
             with self._cond:
                 self._used -= cost
                 self._running -= 1
                 self._cond.notify_all()
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap a finished decode freed back to the OS (glibc ``malloc_trim``).
+
+    A large decode's temporaries are freed into the arena of the thread that ran it;
+    the next decode, on another request thread and arena, cannot reuse them, so without
+    a trim the process's peak grows with the number of threads that ever decoded, not
+    with the decodes the budget lets run at once. Elsewhere (no glibc) a no-op."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 def _reduced_side(width: int, height: int) -> tuple[int, int, int]:
