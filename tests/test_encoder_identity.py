@@ -16,6 +16,8 @@ PINNED = {
     "efficientnet-lite0": "bdcf82b5b4477e4a",
     "efficientnet-lite0-deep-eq": "efda69afdd6c7ae2",
     "efficientnet-lite0-gem": "807402e51c7a34e6",
+    # statically quantised Lite0: its own hash, so int8 and fp32 vectors never mix
+    "efficientnet-lite0-int8": "e58f84cdd98bb00d",
     "efficientnet-lite0-mid": "7f769727b7ef5e45",
     "efficientnet-lite0-midgrid": "e04a1ceded9cc3cd",
     "efficientnet-lite2": "405b70b0a42a961b",
