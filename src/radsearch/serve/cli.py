@@ -11,19 +11,19 @@ DEFAULT_PORT = 8000
 
 
 def register(subparsers) -> None:
-    from radsearch.io.upload import DEFAULT_DECODE_MEMORY
-    from radsearch.serve import (
-        DEFAULT_BODY_TIMEOUT,
-        DEFAULT_HEADER_TIMEOUT,
-        DEFAULT_MAX_CONNECTIONS,
-        DEFAULT_MAX_K,
-        DEFAULT_MAX_PIXELS,
-        DEFAULT_MAX_UPLOAD_BYTES,
-    )
-    from radsearch.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW
-
     p = subparsers.add_parser("serve", help="HTTP API and web UI for an index")
     p.add_argument("index", help="index directory")
+    _access_options(p.add_argument_group("access"))
+    _limit_options(p.add_argument_group("limits on clients"))
+    _performance_options(p.add_argument_group("query encoder and batching"))
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def _access_options(p) -> None:
+    """Who may connect and what answers may carry."""
     p.add_argument(
         "--host",
         default=DEFAULT_HOST,
@@ -53,6 +53,20 @@ def register(subparsers) -> None:
         action="store_true",
         help="return each hit's 'source' file path (stripped by default)",
     )
+
+
+def _limit_options(p) -> None:
+    """Bounds on what one client can make the server do (hostile-client defences)."""
+    from radsearch.io.upload import DEFAULT_DECODE_MEMORY
+    from radsearch.serve import (
+        DEFAULT_BODY_TIMEOUT,
+        DEFAULT_HEADER_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_MAX_K,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_BYTES,
+    )
+
     p.add_argument(
         "--max-upload-mb",
         type=float,
@@ -100,6 +114,12 @@ def register(subparsers) -> None:
         metavar="ORIGIN",
         help="allow cross-origin calls from ORIGIN (repeatable; default: none)",
     )
+
+
+def _performance_options(p) -> None:
+    """Where and how queries are embedded."""
+    from radsearch.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_WINDOW
+
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the query encoder")
     p.add_argument(
         "--runtime",
@@ -134,10 +154,6 @@ def register(subparsers) -> None:
         default=1,
         help="server processes sharing the port and the memory-mapped index (default 1)",
     )
-    p.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args) -> int:
