@@ -44,6 +44,13 @@ def _access_options(p) -> None:
         "by default only loopback and the bound address (DNS-rebinding guard)",
     )
     p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow cross-origin calls from ORIGIN (repeatable; default: none)",
+    )
+    p.add_argument(
         "--show-phi",
         action="store_true",
         help="return patient name, id and birth date (stripped by default)",
@@ -106,13 +113,6 @@ def _limit_options(p) -> None:
         type=float,
         default=DEFAULT_BODY_TIMEOUT,
         help="seconds a request has to send its body",
-    )
-    p.add_argument(
-        "--cors-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="allow cross-origin calls from ORIGIN (repeatable; default: none)",
     )
 
 
