@@ -212,7 +212,7 @@ def extract(out: Path) -> None:
     ]
     enc, out = create_encoder("efficientnet-lite0"), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dec = _Decode(refs, enc)
+    dec = _Decode(refs, enc.preprocess_fn())
     for start in range(0, len(refs), 128):
         f = out / f"chunk-{start:05d}.npz"
         if f.exists():

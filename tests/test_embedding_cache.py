@@ -20,17 +20,26 @@ KINDS = ("stripes", "rings", "blob")
 
 @pytest.fixture
 def encoded(monkeypatch):
-    """Counts the items the encoder's forward pass sees (``Encoder.encode``)."""
+    """Counts the items the encoder's forward pass sees (``Encoder.encode``, or
+    ``Encoder.encode_with_grid`` when the vectors come with region maps)."""
     from radsearch.encoders.base import Encoder
 
     seen = []
-    forward = Encoder.encode
+    forward, joint = Encoder.encode, Encoder.encode_with_grid
 
     def counting(self, batch):
         seen.append(len(batch))
         return forward(self, batch)
 
+    def counting_joint(self, batch, layer=None):
+        before = len(seen)
+        out = joint(self, batch, layer)
+        if len(seen) == before:  # not already counted through ``encode``
+            seen.append(len(batch))
+        return out
+
     monkeypatch.setattr(Encoder, "encode", counting)
+    monkeypatch.setattr(Encoder, "encode_with_grid", counting_joint)
     return seen
 
 

@@ -46,9 +46,9 @@ class EmbedResult:
 class _Decode:
     """Picklable per-item job for worker processes: ``decode_item`` by position."""
 
-    def __init__(self, refs: Sequence[ItemRef], encoder: Encoder):
+    def __init__(self, refs: Sequence[ItemRef], preprocess):
         self.refs = refs
-        self.preprocess = encoder.preprocess_fn()
+        self.preprocess = preprocess
 
     def __len__(self):
         return len(self.refs)
@@ -195,8 +195,8 @@ class _Collate:
     receives one contiguous buffer per batch (numpy, pickled through the pipe: no
     /dev/shm, which containers often keep small)."""
 
-    def __init__(self, encoder: Encoder):
-        self.collate = encoder.collate
+    def __init__(self, collate):
+        self.collate = collate
 
     def __call__(self, batch):
         return collate_decoded(self.collate, batch)
@@ -244,11 +244,14 @@ def embed_refs(
     progress: bool = True,
     desc: str = "embedding",
     runtime: str | None = None,
+    regions=None,
 ) -> EmbedResult:
     """Embed ``refs`` with ``encoder``, resuming from shards already in ``work_dir``.
 
     ``runtime`` (``auto`` | ``torch`` | ``onnx``; default ``$RADSEARCH_RUNTIME`` or
     ``auto``) picks the inference runtime (see ``radsearch.encoders.accel``).
+    ``regions``: a ``regions.extract.RegionSink`` that takes each batch's region codes
+    from the same forward pass (index builds with region features).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -262,13 +265,16 @@ def embed_refs(
         if pending:
             ensure_int8(encoder, refs)  # int8 variants: calibrated on the first of refs
             if len(pending) >= 2 * batch_size:  # worth a runtime check
-                accelerate(encoder, runtime)
+                (accelerate if regions is None else regions.accelerate)(encoder, runtime)
             torch.set_num_threads(inference_threads())
+            preprocess, collate = encoder.preprocess_fn(), encoder.collate
+            if regions is not None:
+                preprocess, collate = regions.wrap(preprocess, collate)
             loader = DataLoader(
-                _Decode(pending, encoder),
+                _Decode(pending, preprocess),
                 batch_size=batch_size,
                 num_workers=workers,
-                collate_fn=_Collate(encoder),
+                collate_fn=_Collate(collate),
                 prefetch_factor=4 if workers else None,
                 persistent_workers=False,
                 worker_init_fn=_DieWithParent(os.getpid()),
@@ -277,7 +283,11 @@ def embed_refs(
                 for i, err in errors:
                     writer.fail(pending[i], err)
                 if idx:
-                    writer.put([pending[i].id for i in idx], encoder.encode(x))
+                    ids = [pending[i].id for i in idx]
+                    vectors = (
+                        encoder.encode(x) if regions is None else regions.encode(encoder, ids, x)
+                    )
+                    writer.put(ids, vectors)
                 bar.update(len(idx) + len(errors))
     finally:
         writer.close()

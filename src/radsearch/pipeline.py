@@ -111,8 +111,9 @@ def build_index(
     when the encoder has a spatial output. An index that has them keeps them.
     ``reuse_cache``: ``(cache folder or None for the default, root of the item ids)``:
     take the vectors ``evaluate``/``tune`` already cached for the same ids, root and
-    encoder hash instead of encoding them (the region pass, if on, still runs: it is
-    a pass of its own, see ``radsearch.regions.extract``)."""
+    encoder hash instead of encoding them (their region codes, if on, then come from a
+    region-only pass; the others' from the embedding pass itself, see
+    ``radsearch.regions.extract``)."""
     refuse_foreign(Path(out))
     with writing(out):
         index = open_or_create(out, model, store)
@@ -132,10 +133,13 @@ def build_index(
             from radsearch.evaluate.embeddings import seed_from_cache
 
             reused = seed_from_cache(work, encoder.config, new, *reuse_cache)
-        result = _embed(encoder, work, new, batch_size, workers, progress, engine, engine_options)
-        from radsearch.regions.extract import codes_for_new_items
+        from radsearch.regions.extract import codes_for_new_items, region_sink
 
-        codes = codes_for_new_items(index, result.refs, regions, batch_size, workers, progress)
+        sink = region_sink(index, encoder, regions)
+        result = _embed(
+            encoder, work, new, batch_size, workers, progress, engine, engine_options, sink
+        )
+        codes = codes_for_new_items(sink, encoder, result.refs, batch_size, workers, progress)
         added = index.add(result.refs, result.vectors, regions=codes)
         if added:
             _attach_shipped_recipe(index, model)
@@ -156,12 +160,18 @@ def _attach_shipped_recipe(index, model: str | None) -> None:
         index.set_recipe(recipe)
 
 
-def _embed(encoder, work, new, batch_size, workers, progress, engine, options):
+def _embed(encoder, work, new, batch_size, workers, progress, engine, options, sink):
     if engine == "local":
         from radsearch.embed import embed_refs
 
         return embed_refs(
-            new, encoder, work, batch_size=batch_size, workers=workers, progress=progress
+            new,
+            encoder,
+            work,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            regions=sink,
         )
     if engine == "ray":
         from radsearch.distributed import embed_refs_ray

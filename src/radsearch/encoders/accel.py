@@ -175,7 +175,7 @@ class ConcurrentOnnxModule(OnnxModule):
                 self._running -= 1
 
 
-def export_onnx(module, size: int) -> bytes:
+def export_onnx(module, size: int, outputs: tuple[str, ...] = ("y",)) -> bytes:
     import torch
 
     buf = io.BytesIO()
@@ -187,8 +187,8 @@ def export_onnx(module, size: int) -> bytes:
             dummy,
             buf,
             input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            output_names=list(outputs),
+            dynamic_axes={name: {0: "batch"} for name in ("x", *outputs)},
             opset_version=17,
             dynamo=False,
         )
@@ -208,14 +208,16 @@ def _probe(size: int, n: int = 4) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def _timed(module, x) -> tuple[np.ndarray, float]:
-    """``module(x)`` as float32 numpy, and the seconds it took."""
+def _timed(module, x):
+    """``module(x)`` as float32 numpy (a tuple for several outputs), and the seconds it took."""
     import torch
 
     with torch.inference_mode():
         t0 = time.perf_counter()
         y = module(x)
         dt = time.perf_counter() - t0
+    if isinstance(y, tuple):
+        return tuple(t.float().numpy() for t in y), dt
     return y.float().numpy(), dt
 
 
@@ -243,17 +245,19 @@ class OnnxTrial:
     export_seconds: float
 
 
-def try_onnx(module, size: int, threads: int | None = None) -> OnnxTrial:
+def try_onnx(
+    module, size: int, threads: int | None = None, outputs: tuple[str, ...] = ("y",)
+) -> OnnxTrial:
     """Export ``module`` to ONNX and time it against the eager module on the probe
     (each warmed up on one image first). Raises what the export or ORT raise: the one
-    check behind ``accelerate`` and ``accelerate_spatial``."""
+    check behind ``accelerate``, ``accelerate_spatial`` and ``accelerate_joint``."""
     import torch
 
     probe = torch.from_numpy(_probe(size))
     _timed(module, probe[:1])
     ref, t_eager = _timed(module, probe)
     t0 = time.perf_counter()
-    onnx_mod = OnnxModule(export_onnx(module, size), threads)
+    onnx_mod = OnnxModule(export_onnx(module, size, outputs), threads)
     _timed(onnx_mod, probe[:1])  # session creation
     export_seconds = round(time.perf_counter() - t0, 2)
     got, t_onnx = _timed(onnx_mod, probe)
@@ -321,19 +325,19 @@ def accelerate(
     return encoder
 
 
-def _spatial_module(owner, layer: str | None):
-    """``owner.spatial(x, layer)`` as a module ONNX can export."""
+def _owner_module(owner, method: str, layer: str | None):
+    """``owner.<method>(x, layer)`` (``spatial`` or ``joint``) as a module ONNX can export."""
     import torch
 
-    class Spatial(torch.nn.Module):
+    class Bound(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.inner = owner
 
         def forward(self, x):
-            return self.inner.spatial(x, layer)
+            return getattr(self.inner, method)(x, layer)
 
-    return Spatial().eval()
+    return Bound().eval()
 
 
 def _cell_cosine(a, b) -> float:
@@ -345,26 +349,61 @@ def _cell_cosine(a, b) -> float:
     return float((num / den).min())
 
 
+def _vector_cosine(a, b) -> float:
+    return float((_normalised(a) * _normalised(b)).sum(axis=1).min())
+
+
+def _accelerate_method(encoder, method: str, layer, runtime, outputs, faithful) -> bool:
+    """Put an ONNX Runtime version of the eager module's ``method`` (kept in
+    ``encoder.__dict__["_<method>_fast"][layer]``) when ``faithful(eager, onnx)`` holds
+    on the probe and it is faster (or ``runtime`` is ``onnx``); True when it is there."""
+    runtime = (runtime or default_runtime()).lower()
+    fast = encoder.__dict__.setdefault(f"_{method}_fast", {})
+    cpu = getattr(encoder.device, "type", "cpu") == "cpu"
+    owner = getattr(getattr(encoder, "_spatial", None), "__self__", None)
+    if layer in fast:
+        return True
+    if runtime == "torch" or owner is None or not cpu or not hasattr(owner, method):
+        return False
+    if encoder.config.family not in CNN_FAMILIES:
+        return False
+    try:
+        trial = try_onnx(
+            _owner_module(owner, method, layer), encoder.config.input_size, None, outputs
+        )
+    except Exception:  # an op ONNX cannot handle: the eager path stays
+        return False
+    if faithful(trial.eager_out, trial.onnx_out) and (
+        runtime == "onnx" or trial.onnx_seconds < trial.eager_seconds
+    ):
+        fast[layer] = lambda x, _layer=None, run=trial.module: run(x)
+    return layer in fast
+
+
 def accelerate_spatial(encoder, layer: str | None, runtime: str | None = None):
     """Run ``encoder``'s region-feature maps of ``layer`` on ONNX Runtime when that is
     faithful (cell cosine ``1e-3``) and faster, as ``accelerate`` does for the vectors;
     the index-time region pass is otherwise eager torch, several times slower than the
     embedding pass. Returns ``encoder``; ``encoder.feature_grid`` uses what was chosen."""
 
-    runtime = (runtime or default_runtime()).lower()
-    spatial = getattr(encoder, "_spatial", None)
-    fast = encoder.__dict__.setdefault("_spatial_fast", {})
-    cpu = getattr(encoder.device, "type", "cpu") == "cpu"
-    owner = getattr(spatial, "__self__", None)
-    if layer in fast or runtime == "torch" or owner is None or not cpu:
-        return encoder
-    if encoder.config.family not in CNN_FAMILIES:
-        return encoder
-    try:
-        trial = try_onnx(_spatial_module(owner, layer), encoder.config.input_size)
-    except Exception:  # an op ONNX cannot handle: the eager maps stay
-        return encoder
-    faithful = _cell_cosine(trial.eager_out, trial.onnx_out) >= 1 - COSINE_TOL
-    if faithful and (runtime == "onnx" or trial.onnx_seconds < trial.eager_seconds):
-        fast[layer] = lambda x, _layer=None, run=trial.module: run(x)
+    def faithful(eager, onnx) -> bool:
+        return _cell_cosine(eager, onnx) >= 1 - COSINE_TOL
+
+    _accelerate_method(encoder, "spatial", layer, runtime, ("y",), faithful)
     return encoder
+
+
+def accelerate_joint(encoder, layer: str | None, runtime: str | None = None) -> bool:
+    """One ONNX model giving both the vector and ``layer``'s region map, for index
+    builds with region features (``Encoder.encode_with_grid``): the map is a block on
+    the way to the vector, so both cost one pass. Used when both outputs are faithful
+    (vector and cell cosine ``1e-3``) and it beats the eager pass; True when in place.
+    Never for a quantised variant, whose vectors must come from its own model."""
+    if encoder.config.extra.get("quantize"):
+        return False
+
+    def faithful(eager, onnx) -> bool:
+        vec_ok = _vector_cosine(eager[0], onnx[0]) >= 1 - COSINE_TOL
+        return vec_ok and _cell_cosine(eager[1], onnx[1]) >= 1 - COSINE_TOL
+
+    return _accelerate_method(encoder, "joint", layer, runtime, ("y", "g"), faithful)

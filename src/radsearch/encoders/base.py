@@ -232,6 +232,25 @@ class Encoder:
         """How grid cells map back onto stored pixels: the input size and resize policy."""
         return {"input_size": self.config.input_size, "resize": self.config.resize}
 
+    def encode_with_grid(self, batch, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(encode(batch), feature_grid(batch, layer))`` from one forward pass where the
+        module has ``joint(x, layer)`` (an index build with region features then costs
+        one pass, not two), on ONNX Runtime once ``accel.accelerate_joint`` put it
+        there; otherwise (a quantised variant, CUDA, a family without it) the two calls."""
+        import torch
+
+        joint = self.__dict__.get("_joint_fast", {}).get(layer)
+        owner = getattr(self._spatial, "__self__", None)
+        if joint is None and self.device.type == "cpu" and not self.config.extra.get("quantize"):
+            joint = getattr(owner, "joint", None)
+        if joint is None:
+            return self.encode(batch), self.feature_grid(batch, layer)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode():
+            vectors, grid = joint(x, layer)
+            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return vectors.numpy(), grid.permute(0, 2, 3, 1).float().numpy()
+
     def feature_grid(self, batch: np.ndarray, layer: str | None = None) -> np.ndarray:
         """``Bx3xSxS float32`` -> ``BxHxWxC float32``: the encoder's spatial feature map
         (region queries and why-similar maps, ``radsearch.regions``). Families whose

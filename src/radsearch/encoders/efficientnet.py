@@ -209,6 +209,14 @@ def tap_dim(layer: str, pooling: str, channels: dict[str, int]) -> int:
     return c * int(pooling[4:] or 2) ** 2 if pooling.startswith("grid") else c
 
 
+def region_tap(cfg: EncoderConfig, layer: str | None) -> str:
+    """``layer`` (default ``head``) if ``cfg``'s model has it, else the error saying so."""
+    layer = layer or "head"
+    if layer != "head" and layer not in channels(cfg.model_id):
+        raise EncoderError(f"model {cfg.name!r}: no layer {layer!r} for region features")
+    return layer
+
+
 class EfficientNetLiteFeatures:
     """Factory for the torch module: backbone -> tapped feature maps -> pooling.
 
@@ -273,12 +281,17 @@ class EfficientNetLiteFeatures:
 
             def spatial(self, x, layer=None):
                 """``BxCxHxW`` map of ``layer`` (``head`` default, or ``bN``): region features."""
-                layer = layer or "head"
-                if layer != "head" and layer not in channels(cfg.model_id):
-                    raise EncoderError(
-                        f"model {cfg.name!r}: no layer {layer!r} for region features"
-                    )
+                layer = region_tap(cfg, layer)
                 return self.maps(x, {layer})[layer]
+
+            def joint(self, x, layer=None):
+                """``(forward(x), spatial(x, layer))``, sharing the blocks they have in
+                common (the plain config: one pass)."""
+                if not plain:
+                    return self.forward(x), self.spatial(x, layer)
+                layer = region_tap(cfg, layer)
+                maps = self.maps(x, {layer, "head"})
+                return pool_tap(maps["head"], taps[0][1]), maps[layer]
 
             def forward(self, x):
                 if plain:
