@@ -86,3 +86,36 @@ def test_onnx_runtime_matches_torch(pattern_folder, lite0):
 
     x = torch.from_numpy(np.stack([fast.preprocess(im) for im in images]))
     np.testing.assert_allclose(clone(x).numpy(), fast.module(x).numpy(), atol=1e-5)
+
+
+def test_onnx_lanes_give_the_vectors_of_one_session(pattern_folder, monkeypatch):
+    """A batch spread over single-threaded lanes, one image per ORT call, gives what
+    one session running the whole batch gives; a lone image takes the wide session."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from radsearch.encoders import accel
+    from radsearch.io.items import read_image
+
+    encoder = create_encoder("efficientnet-lite0")
+    images = [read_image(p) for p in sorted(pattern_folder.rglob("*.png"))[:5]]
+    x = torch.from_numpy(np.stack([encoder.preprocess(im) for im in images]))
+    model = accel.export_onnx(encoder.module, encoder.config.input_size)
+    whole = accel.OnnxModule(model, threads=1)
+    whole.micro_batch = len(images)  # one call for the batch
+    lanes = accel.OnnxModule(model, threads=2)
+    ran, run = [], accel.OnnxModule._run
+
+    def counting(self, session, arr):
+        ran.append((self.threads, len(arr), session is self._session))
+        return run(self, session, arr)
+
+    monkeypatch.setattr(accel.OnnxModule, "_run", counting)
+    want = whole(x).numpy()
+    assert ran == [(1, 5, True)]
+    ran.clear()
+    np.testing.assert_allclose(lanes(x).numpy(), want, atol=1e-5)
+    assert sorted(ran) == [(2, 2, False), (2, 3, False)]  # split over two lanes
+    ran.clear()
+    np.testing.assert_allclose(lanes(x[:1]).numpy(), want[:1], atol=1e-5)
+    assert ran == [(2, 1, True)] and lanes.session.get_session_options().intra_op_num_threads == 2

@@ -240,7 +240,7 @@ class Encoder:
         import torch
 
         joint = self.__dict__.get("_joint_fast", {}).get(layer)
-        owner = getattr(self._spatial, "__self__", None)
+        owner = getattr(getattr(self, "_spatial", None), "__self__", None)
         if joint is None and self.device.type == "cpu" and not self.config.extra.get("quantize"):
             joint = getattr(owner, "joint", None)
         if joint is None:
