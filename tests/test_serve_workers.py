@@ -101,3 +101,33 @@ def test_workers_below_one_is_refused(index_dir):
     )
     assert r.returncode == 1
     assert r.stderr.strip() == "radsearch: error: --workers must be at least 1 (got 0)"
+
+
+def test_connections_to_the_listening_socket_get_tcp_nodelay():
+    """The server's responses are not held back by Nagle's algorithm: asyncio (so uvicorn)
+    sets TCP_NODELAY only where the socket names its protocol, and a keep-alive client
+    otherwise waits for a delayed ACK on every answer."""
+    import asyncio
+
+    from radsearch.serve.workers import _bound
+
+    sock = _bound("127.0.0.1", 0, share=False)
+    sock.listen()
+
+    async def nodelay_of_accepted() -> int:
+        got = []
+
+        def on_connection(_reader, writer):
+            accepted = writer.get_extra_info("socket")
+            got.append(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, sock=sock)
+        reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        await reader.read()  # until the server closes it
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got[0]
+
+    assert asyncio.run(nodelay_of_accepted()) == 1

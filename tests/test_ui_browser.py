@@ -24,7 +24,9 @@ ARTIFACTS = REPO / "artifacts"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (apt-get install chromium)"
+    ),
 ]
 
 
@@ -36,9 +38,14 @@ def ui_index(tmp_path_factory):
 
     def meta(kind, n):
         modality, anatomy = organ[kind]
-        return {"label": f"{modality.lower()}_{anatomy}/{kind}", "modality": modality,
-                "anatomy": anatomy, "patient_id": f"P{n}", "group_id": f"{kind}-{n // 2}",
-                "viewer_url": f"http://pacs.example/app/explorer.html#instance?uuid={kind}-{n}"}
+        return {
+            "label": f"{modality.lower()}_{anatomy}/{kind}",
+            "modality": modality,
+            "anatomy": anatomy,
+            "patient_id": f"P{n}",
+            "group_id": f"{kind}-{n // 2}",
+            "viewer_url": f"http://pacs.example/app/explorer.html#instance?uuid={kind}-{n}",
+        }
 
     root = tmp_path_factory.mktemp("ui")
     out = pattern_index(root, meta, size=128)
@@ -56,7 +63,9 @@ def browser():
 def _wait_thumbs(page):
     page.wait_for_function(
         "[...document.querySelectorAll('#grid img.thumb')]"
-        ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=30_000,
+    )
 
 
 def test_upload_shows_k_hits_with_labels(ui_index, browser):
@@ -71,14 +80,22 @@ def test_upload_shows_k_hits_with_labels(ui_index, browser):
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         external = []
-        page.on("request", lambda r: None if r.url.startswith(url) or r.url.startswith(("blob:", "data:"))
-                else external.append(r.url))
+        page.on(
+            "request",
+            lambda r: (
+                None
+                if r.url.startswith(url) or r.url.startswith(("blob:", "data:"))
+                else external.append(r.url)
+            ),
+        )
         page.goto(url + "/")
         page.wait_for_function("document.querySelectorAll('#filter-controls select').length >= 2")
         assert "12 indexed images" in page.inner_text("#index-info")
         page.fill("#k", "6")
         page.set_input_files("#file", str(query))
-        page.wait_for_function("document.querySelectorAll('#grid li.hit').length === 6", timeout=60_000)
+        page.wait_for_function(
+            "document.querySelectorAll('#grid li.hit').length === 6", timeout=60_000
+        )
         hits = page.locator("#grid li.hit")
         labels = hits.locator(".label").all_inner_texts()
         assert len(labels) == 6 and all(labels)
@@ -90,11 +107,15 @@ def test_upload_shows_k_hits_with_labels(ui_index, browser):
         assert "MR · brain" in hits.first.inner_text()
         assert "patient" not in hits.first.inner_text()  # PHI is not served by default
         ids = hits.locator(".id").all_inner_texts()  # each card names its item by id ...
-        assert len(ids) == 6 and all(re.fullmatch(r"img/(stripes|rings|blob)-\d\.png", i) for i in ids)
+        assert len(ids) == 6 and all(
+            re.fullmatch(r"img/(stripes|rings|blob)-\d\.png", i) for i in ids
+        )
         assert str(ui_index.parent) not in page.inner_text("body")  # ... never by server path
         link = hits.first.locator("a.pacs")
         assert link.inner_text() == "open in PACS viewer"
-        assert link.get_attribute("href").startswith("http://pacs.example/app/explorer.html#instance")
+        assert link.get_attribute("href").startswith(
+            "http://pacs.example/app/explorer.html#instance"
+        )
         assert page.get_attribute("#query-img", "src").startswith(("blob:", "data:"))
         _wait_thumbs(page)
         page.screenshot(path=str(ARTIFACTS / "ui-search.png"), full_page=True)
@@ -105,7 +126,8 @@ def test_upload_shows_k_hits_with_labels(ui_index, browser):
         page.wait_for_function(
             "[...document.querySelectorAll('#grid li.hit .meta')].length > 0 && "
             "[...document.querySelectorAll('#grid li.hit')].every(li => li.innerText.includes('CT · chest'))",
-            timeout=60_000)
+            timeout=60_000,
+        )
         assert page.locator("#grid li.hit").count() == 4  # only 4 CT images exist
 
         # a DICOM query: the browser cannot draw it, the server sends a preview
@@ -115,7 +137,9 @@ def test_upload_shows_k_hits_with_labels(ui_index, browser):
         page.set_input_files("#file", dcm)
         page.wait_for_function(
             "document.getElementById('query-img').src.startsWith('data:image/png') && "
-            "document.getElementById('status').innerText.includes('similar case')", timeout=60_000)
+            "document.getElementById('status').innerText.includes('similar case')",
+            timeout=60_000,
+        )
         assert page.locator("#grid li.hit").count() == 4
         assert not errors and not external, (errors, external)
         page.close()
@@ -144,14 +168,19 @@ def test_keyboard_only(ui_index, browser):
             page.wait_for_timeout(50)
         assert choosers, "Enter on the drop zone did not open the file picker"
         choosers[0].set_files(str(query))
-        page.wait_for_function("document.querySelectorAll('#grid li.hit').length === 10", timeout=60_000)
+        page.wait_for_function(
+            "document.querySelectorAll('#grid li.hit').length === 10", timeout=60_000
+        )
         _wait_thumbs(page)
         # Tab reaches the hits; Enter enlarges, Escape closes and gives focus back
         page.focus("#grid li.hit")
         page.keyboard.press("Tab")  # the hit's own PACS link, its buttons, then the next hit
         assert page.evaluate("document.activeElement.className") == "pacs"
-        for label in ("Why similar: similarity maps of hit #1", "Relevant: hit #1",
-                      "Not relevant: hit #1"):  # regions.js
+        for label in (
+            "Why similar: similarity maps of hit #1",
+            "Relevant: hit #1",
+            "Not relevant: hit #1",
+        ):  # regions.js
             page.keyboard.press("Tab")
             assert page.evaluate("document.activeElement.getAttribute('aria-label')") == label
         page.keyboard.press("Tab")
@@ -178,7 +207,10 @@ def test_token_prompt(ui_index, browser):
         page = browser.new_page()  # the real Content-Security-Policy applies here
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "401" not in m.text else None)
+        page.on(
+            "console",
+            lambda m: errors.append(m.text) if m.type == "error" and "401" not in m.text else None,
+        )
         page.goto(url + "/")
         page.wait_for_selector("#token-row:not([hidden])")
         assert "token" in page.inner_text("#status")
@@ -212,8 +244,10 @@ def test_docs_page_works_offline(ui_index, browser):
         page.route("**/*", only_local)
         page.goto(url + "/docs")
         page.wait_for_selector(".opblock-summary-path", timeout=30_000)
-        paths = {p.strip().replace("\u200b", "") for p in
-                 page.locator(".opblock-summary-path").all_inner_texts()}
+        paths = {
+            p.strip().replace("\u200b", "")
+            for p in page.locator(".opblock-summary-path").all_inner_texts()
+        }
         assert {"/api/search", "/api/health", "/api/info", "/api/items/{item_id}"} <= paths, paths
         assert page.locator(".opblock-post").count() >= 1
         assert not external, external

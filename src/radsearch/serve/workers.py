@@ -25,8 +25,11 @@ BACKLOG = 2048  # uvicorn's default
 
 
 def _bound(host: str, port: int, share: bool) -> socket.socket:
+    """The listening socket. Its protocol is named (``IPPROTO_TCP``, not 0): asyncio sets
+    ``TCP_NODELAY`` only on connections whose socket says TCP, and without it a
+    keep-alive client waits for a delayed ACK (about 40 ms) on every response."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if share:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
