@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from radsearch.encoders.onnx_module import (  # noqa: F401  (re-exported: the runtime's parts)
+    MICRO_BATCH,
+    ConcurrentOnnxModule,
+    OnnxModule,
+    cpu_threads,
+    inference_threads,
+    lane_threads,
+)
 from radsearch.errors import EncoderError
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -33,33 +40,6 @@ RUNTIMES = ("auto", "torch", "onnx")
 CNN_FAMILIES = {"efficientnet-lite"}
 COSINE_TOL = 1e-3
 ENV = "RADSEARCH_RUNTIME"
-# Images per ONNX Runtime call. On CPU a batch of 32 costs Lite0 about 3.5x the CPU per
-# image of single images (42 vs 12 ms on one thread, 23 vs 15 on two): one image's
-# activations fit in a core's L2 cache, a batch's do not. Vectors do not depend on it.
-MICRO_BATCH = 1
-
-
-def cpu_threads() -> int:
-    """Cores this process may run on (cgroup/affinity aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def inference_threads() -> int:
-    """Threads for inference: ``$RADSEARCH_THREADS``, else the usable cores not already
-    busy (1-minute load average), at least one. Oversubscribing a loaded machine makes
-    every thread wait: one thread beats two on two busy cores."""
-    env = os.environ.get("RADSEARCH_THREADS")
-    if env:
-        return max(1, int(env))
-    cores = cpu_threads()
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        busy = 0.0
-    return int(min(cores, max(1, round(cores - busy))))
 
 
 def default_runtime() -> str:
@@ -81,126 +61,6 @@ def _torch_module():
             return self.inner(x.contiguous(memory_format=torch.channels_last))
 
     return ChannelsLast
-
-
-class OnnxModule:
-    """Callable like the torch module (tensor in, tensor out; a tuple of tensors for a
-    model with several outputs), backed by ONNX Runtime.
-
-    It runs ``MICRO_BATCH`` images per ORT call whatever the batch it is given, and
-    spreads a batch over one single-threaded session per thread ("lanes") rather than
-    giving one session several intra-op threads: Lite0 then costs 9-10 ms of CPU per
-    image instead of 11-15, and a batch of 32 finishes about a third sooner on two
-    cores. A single image runs on the one session with every thread (lowest latency).
-    """
-
-    def __init__(self, model_bytes: bytes, threads: int | None = None):
-        self.model_bytes = model_bytes
-        self.threads = threads
-        self.micro_batch = MICRO_BATCH
-        self._session = None
-        self._lanes = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_session": None, "_lanes": None}
-
-    def _make_session(self, threads: int):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # no busy-waiting: decode workers (and other tenants) need those cycles
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
-
-    @property
-    def session(self):
-        if self._session is None:
-            self.threads = self.threads or inference_threads()
-            self._session = self._make_session(self.threads)
-        return self._session
-
-    def _lane_pool(self):
-        """``(thread pool, one single-threaded session per thread)``, made on first use."""
-        if self._lanes is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            sessions = [self._make_session(1) for _ in range(self.threads)]
-            self._lanes = (ThreadPoolExecutor(self.threads, "onnx-lane"), sessions)
-        return self._lanes
-
-    def _run(self, session, arr: np.ndarray) -> list[np.ndarray]:
-        step = max(1, self.micro_batch)
-        starts = range(0, len(arr), step) if len(arr) else [0]
-        parts = [session.run(None, {"x": arr[i : i + step]}) for i in starts]
-        return [np.concatenate(o) for o in zip(*parts, strict=True)]
-
-    def __call__(self, x):
-        import torch
-
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        session = self.session
-        if self.threads > 1 and len(arr) > 1:
-            pool, sessions = self._lane_pool()
-            chunks = np.array_split(arr, min(len(sessions), len(arr)))
-            lanes = list(pool.map(self._run, sessions, chunks))
-            outs = [np.concatenate(o) for o in zip(*lanes, strict=True)]
-        else:
-            outs = self._run(session, arr)
-        outs = [torch.from_numpy(o) for o in outs]
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def concurrent(self, threads: int) -> ConcurrentOnnxModule:
-        """The same model for callers on several threads (see ``ConcurrentOnnxModule``)."""
-        return ConcurrentOnnxModule(self.model_bytes, threads)
-
-    # the Encoder treats its module like an nn.Module
-    def eval(self):
-        return self
-
-    def to(self, *_args, **_kwargs):
-        return self
-
-    def parameters(self):
-        return iter(())
-
-
-class ConcurrentOnnxModule(OnnxModule):
-    """An ``OnnxModule`` for forward passes run side by side (the server's batch workers).
-
-    A lone call runs as ``OnnxModule`` does (a single image on every core: lowest
-    latency; a batch over the lanes); a call made while another is running takes a
-    second, single-threaded session, so concurrent calls spread over the cores without
-    an intra-op pool's hand-offs.
-    """
-
-    def __init__(self, model_bytes: bytes, threads: int | None = None):
-        super().__init__(model_bytes, threads)
-        self.narrow = OnnxModule(model_bytes, 1)
-        self._running = 0
-        self._lock = threading.Lock()
-
-    def __getstate__(self):
-        state = {**super().__getstate__(), "_running": 0}
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def __call__(self, x):
-        with self._lock:
-            alone = self._running == 0
-            self._running += 1
-        try:
-            return super().__call__(x) if alone else self.narrow(x)
-        finally:
-            with self._lock:
-                self._running -= 1
 
 
 def export_onnx(module, size: int, outputs: tuple[str, ...] = ("y",)) -> bytes:
