@@ -174,7 +174,7 @@ def _build_app(ctx: ServeContext, token: str | None, hosts: frozenset[str]) -> F
 def encoder_plan(encoder, runtime: str, batch_max: int, threads: int | None) -> int:
     """Set the query encoder's runtime and threads; the number of batch workers.
 
-    Lite0 on ONNX Runtime costs the same per image at batch 1 and 8, and an intra-op
+    Lite0 on ONNX Runtime costs no less per image in a stacked batch, and an intra-op
     thread pool spends CPU on hand-offs, so a batching server runs one batch per core
     side by side (ORT releases the GIL), each on one thread, while a lone query still
     gets every core (``ConcurrentOnnxModule``). One query at a time (``batch_max=1``)

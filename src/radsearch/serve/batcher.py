@@ -12,10 +12,11 @@ query waits for no one (the window starts only when a second is already queued).
 one-at-a-time ones; scores agree within float rounding of the batched forward pass (1e-5).
 
 ``workers`` threads run batches side by side (``app.encoder_plan``: one per core with
-single-threaded ONNX Runtime runs, which release the GIL). On this CPU a batch costs
-the same per image as a lone query (Lite0 on ONNX Runtime is compute-bound), so the
-gain of batching is in the serial part around it (one index call per batch) and in
-keeping every core busy, not in the forward pass itself.
+single-threaded ONNX Runtime runs, which release the GIL). A batch is encoded one image
+per ORT call over one single-threaded session per core (``encoders.onnx_module``: a
+stacked batch costs more CPU per image, not less), so the gain of batching is in the
+serial part around the forward pass (one index call per batch) and in keeping every
+core busy, not in the forward pass itself.
 
 ``batch_sizes`` counts the batches run by size, so tests and ``/api/info`` can see
 whether concurrent requests were actually collected together.
