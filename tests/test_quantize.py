@@ -238,3 +238,13 @@ def test_serve_on_an_int8_index_runs_its_int8_model(folder, model_cache, tmp_pat
     resp = client.post("/api/search", files={"file": ("q.png", png, "image/png")}, data={"k": "1"})
     hit = resp.json()["hits"][0]
     assert resp.status_code == 200 and hit["id"] == "stripes/3.png" and hit["score"] > 0.9999
+
+
+def test_an_uncalibrated_int8_variant_refuses_to_encode():
+    """Its vectors would be fp32 ones under the int8 hash: refused, naming the model."""
+    from radsearch.encoders import create_encoder
+    from radsearch.errors import EncoderError
+
+    encoder = create_encoder(INT8)
+    with pytest.raises(EncoderError, match=f"{INT8}.*not calibrated"):
+        encoder.encode(np.zeros((1, 3, 224, 224), np.float32))

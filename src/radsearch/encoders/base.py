@@ -195,6 +195,13 @@ class Encoder:
         """``Bx3xSxS float32`` -> ``BxD`` L2-normalised float32."""
         import torch
 
+        if self.config.extra.get("quantize") and getattr(self, "int8_model", None) is None:
+            raise EncoderError(
+                f"model {self.config.name!r} is not calibrated yet: its int8 model is made "
+                "from an index's images (radsearch index --model "
+                f"{self.config.name}); search an index built with it"
+            )
+
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         with torch.inference_mode():
             if self.device.type == "cuda":
