@@ -259,3 +259,24 @@ def test_options_work_in_any_position_in_every_verb():
         assert vars(parser.parse_args(woven)) == last, (verb, woven)
     args = parser.parse_args(["search", "DIR", "-k", "5", "q.jpg", "--json", "r.jpg"])
     assert args.index == "DIR" and args.queries == ["q.jpg", "r.jpg"] and args.k == 5 and args.json
+
+
+def test_index_runtime_option_holds_for_that_build_only(pattern_folder, tmp_path, monkeypatch):
+    """``--runtime`` reaches the build; it does not leak into the process's environment
+    (where it once made every later build in the process run eager torch)."""
+    import os
+
+    from radsearch.encoders import accel
+
+    monkeypatch.delenv("RADSEARCH_RUNTIME", raising=False)
+    asked, real = [], accel.accelerate
+
+    def spy(encoder, runtime=None, **kwargs):
+        asked.append(runtime)
+        return real(encoder, runtime, **kwargs)
+
+    monkeypatch.setattr(accel, "accelerate", spy)
+    args = ["index", str(pattern_folder), "--out", str(tmp_path / "idx"), "--no-progress"]
+    assert main([*args, "--no-regions", "--batch-size", "2", "--runtime", "torch"]) == 0
+    assert asked == ["torch"]
+    assert "RADSEARCH_RUNTIME" not in os.environ

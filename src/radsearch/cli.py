@@ -73,10 +73,6 @@ def cmd_index(args) -> int:
     refs = with_study_column(refs, args.study_column)
     if not refs:
         raise RadsearchError(f"{args.source}: no images found")
-    if args.runtime:
-        import os
-
-        os.environ["RADSEARCH_RUNTIME"] = args.runtime
     report = build_index(
         refs,
         args.out,
@@ -91,6 +87,7 @@ def cmd_index(args) -> int:
         engine_options={"address": args.ray_address} if args.engine == "ray" else None,
         regions=False if args.no_regions else None,
         reuse_cache=None if args.no_cache else source_cache(args),
+        runtime=args.runtime,
     )
     idx = report.index
     print(

@@ -104,6 +104,7 @@ def build_index(
     engine_options: dict | None = None,
     regions: bool | None = None,
     reuse_cache: tuple | None = None,
+    runtime: str | None = None,
 ) -> BuildReport:
     """Add every item of ``refs`` not yet in the index at ``out`` (created if needed).
 
@@ -113,7 +114,8 @@ def build_index(
     take the vectors ``evaluate``/``tune`` already cached for the same ids, root and
     encoder hash instead of encoding them (their region codes, if on, then come from a
     region-only pass; the others' from the embedding pass itself, see
-    ``radsearch.regions.extract``)."""
+    ``radsearch.regions.extract``). ``runtime``: the inference runtime (``auto`` |
+    ``torch`` | ``onnx``; default ``$RADSEARCH_RUNTIME`` or ``auto``), for this build only."""
     refuse_foreign(Path(out))
     with writing(out):
         index = open_or_create(out, model, store)
@@ -135,10 +137,9 @@ def build_index(
             reused = seed_from_cache(work, encoder.config, new, *reuse_cache)
         from radsearch.regions.extract import codes_for_new_items, region_sink
 
-        sink = region_sink(index, encoder, regions)
-        result = _embed(
-            encoder, work, new, batch_size, workers, progress, engine, engine_options, sink
-        )
+        sink = region_sink(index, encoder, regions, runtime)
+        options = {**(engine_options or {}), "runtime": runtime}
+        result = _embed(encoder, work, new, batch_size, workers, progress, engine, options, sink)
         codes = codes_for_new_items(sink, encoder, result.refs, batch_size, workers, progress)
         added = index.add(result.refs, result.vectors, regions=codes)
         if added:
@@ -172,6 +173,7 @@ def _embed(encoder, work, new, batch_size, workers, progress, engine, options, s
             workers=workers,
             progress=progress,
             regions=sink,
+            runtime=options.get("runtime"),
         )
     if engine == "ray":
         from radsearch.distributed import embed_refs_ray

@@ -62,7 +62,7 @@ class _DecodeWithSize:
             raise RadsearchError(f"{ref.source}: region features: {exc}") from None
 
 
-def grid_batches(refs, encoder, layer: str, batch_size: int = 32, workers: int = 0):
+def grid_batches(refs, encoder, layer: str, batch_size=32, workers=0, runtime=None):
     """Yield ``(grids B x H x W x C, sizes B x 2)`` for ``refs`` in order."""
     from torch.utils.data import DataLoader
 
@@ -75,7 +75,7 @@ def grid_batches(refs, encoder, layer: str, batch_size: int = 32, workers: int =
     if len(refs) >= ACCELERATE_ITEMS:  # the export pays off over many items
         from radsearch.encoders.accel import accelerate_spatial
 
-        accelerate_spatial(encoder, layer)
+        accelerate_spatial(encoder, layer, runtime)
     for x, sizes in loader:
         yield encoder.feature_grid(x, layer), sizes
 
@@ -83,8 +83,8 @@ def grid_batches(refs, encoder, layer: str, batch_size: int = 32, workers: int =
 class RegionSink:
     """Region codes (and image sizes) of the items being indexed, by item id."""
 
-    def __init__(self, store):
-        self.store, self.layer = store, store.spec["layer"]
+    def __init__(self, store, runtime: str | None = None):
+        self.store, self.layer, self.runtime = store, store.spec["layer"], runtime
         self.codes: dict[str, np.ndarray] = {}
         self.sizes: dict[str, np.ndarray] = {}
         self._pending: list[tuple[list[str], np.ndarray, np.ndarray]] = []
@@ -152,7 +152,8 @@ class RegionSink:
         )
         done = 0
         with bar:
-            for grids, sizes in grid_batches(refs, encoder, self.layer, batch_size, workers):
+            batches = grid_batches(refs, encoder, self.layer, batch_size, workers, self.runtime)
+            for grids, sizes in batches:
                 self.add([r.id for r in refs[done : done + len(sizes)]], grids, sizes)
                 done += len(sizes)
                 bar.update(len(sizes))
@@ -206,10 +207,10 @@ def new_spec(encoder) -> dict:
     return {**region_spec(encoder, layer=encoder.region_layer), **encoder.region_geometry()}
 
 
-def region_sink(index, encoder, regions: bool | None) -> RegionSink | None:
+def region_sink(index, encoder, regions: bool | None, runtime=None) -> RegionSink | None:
     """The sink of a build's region codes (see ``pipeline.build_index``), or None."""
     store = enable_regions(index, encoder, regions)
-    return None if store is None else RegionSink(store)
+    return None if store is None else RegionSink(store, runtime)
 
 
 def codes_for_new_items(sink, encoder, refs, batch_size, workers, progress):
